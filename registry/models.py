@@ -1,0 +1,149 @@
+"""Registry records. Versions and releases are immutable; an alias moves between releases.
+
+All records are frozen pydantic models serialised as JSON in Redis. Identifiers are validated by
+`NAME_PATTERN` everywhere they enter the system, so they are safe as Redis key parts, engine adapter
+name parts and Prometheus label values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+NAME_RE = re.compile(NAME_PATTERN)
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Budget(Record):
+    amount: float = Field(ge=0)
+    period: Literal["day", "month"] = "month"
+
+
+class Limits(Record):
+    """Per-tenant limits; None means unlimited."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    budget: Budget | None = None
+
+
+class Tenant(Record):
+    id: Name
+    display_name: str = ""
+    plan: str = "default"
+    limits: Limits = Limits()
+    created_at: float = 0.0
+
+
+class ApiKey(Record):
+    """A tenant key as stored: only its HMAC, never the key itself."""
+
+    key_id: str
+    tenant: Name
+    key_hmac: str
+    created_at: float = 0.0
+    revoked: bool = False
+
+
+class AdapterVersion(Record):
+    tenant: Name
+    name: Name
+    version: int
+    path: str  # relative to the adapter store root
+    digest: str  # sha256 over the artifact files, "sha256:<hex>"
+    base_model: str
+    rank: int
+    target_modules: tuple[str, ...]
+    size_bytes: int
+    metadata: dict[str, Any] = {}
+    created_by: str = "admin"
+    created_at: float = 0.0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def engine_name(self) -> str:
+        """Immutable engine-side adapter name; never reused for other weights (ENGINE.md caveat)."""
+        return f"lg-{self.tenant}-{self.name}-v{self.version}-{self.digest.removeprefix('sha256:')[:12]}"
+
+
+class PromptVersion(Record):
+    tenant: Name
+    name: Name
+    version: int
+    system_prompt: str
+    params: dict[str, Any] = {}
+    response_schema: dict[str, Any] | None = None
+    refusal_patterns: tuple[str, ...] = ()
+    created_by: str = "admin"
+    created_at: float = 0.0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class Thresholds(Record):
+    """Canary guard: exceeding any of these (canary vs stable) triggers an automatic rollback."""
+
+    min_requests: int = 20
+    max_error_rate_delta: float = 0.05
+    max_p95_ratio: float = 2.0
+    max_refusal_rate_delta: float = 0.10
+    max_schema_violation_rate_delta: float = 0.05
+
+
+class Release(Record):
+    id: str  # "<alias>-r<n>", unique per tenant
+    tenant: Name
+    alias: Name
+    adapter: str | None  # "name@version"
+    prompt: str | None  # "name@version"
+    params: dict[str, Any] = {}
+    schema_violation: Literal["pass", "reject"] = "pass"
+    thresholds: Thresholds = Thresholds()
+    eval: dict[str, Any] | None = None
+    created_by: str = "admin"
+    created_at: float = 0.0
+
+
+class Flags(Record):
+    kill_switch: bool = False
+    auto_rollback: bool = True
+
+
+class HistoryEntry(Record):
+    revision: int
+    action: str
+    stable: str | None
+    canary: str | None
+    canary_weight: float
+    reason: str = ""
+    at: float = 0.0
+
+
+class Alias(Record):
+    tenant: Name
+    alias: Name
+    stable: str | None = None  # release id
+    canary: str | None = None
+    canary_weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    revision: int = 0
+    flags: Flags = Flags()
+    # Releases that were stable, oldest first; rollback pops the last good one.
+    last_good: tuple[str, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
+
+
+Arm = Literal["stable", "canary"]

@@ -1,0 +1,22 @@
+"""Shared fixtures live in tests/fixtures/<noun>.py, one module per real part, registered here."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = [
+    "tests.fixtures.redis",
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False, help="run @slow variants")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="long variant: make test-long")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
