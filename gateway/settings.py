@@ -1,0 +1,80 @@
+"""Gateway configuration: environment variables prefixed `LORAGATE_`, or a JSON file named by
+`LORAGATE_CONFIG` (environment wins). Built in `create_app`, never at import time.
+
+Example:
+    settings = Settings(redis_url="redis://127.0.0.1:6379/0", engines=["http://127.0.0.1:8001"])
+    app = create_app(settings)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_per_1k: float = 0.0
+    completion_per_1k: float = 0.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAGATE_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_s: float = 0.25
+    admin_token: SecretStr = SecretStr("")
+    key_hmac_secret: SecretStr = SecretStr("")
+
+    # Engines: every replica serves the same base model under `base_model` (vLLM --served-model-name).
+    engines: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8001"])
+    base_model: str = "smollm2-135m-instruct"
+    max_lora_rank: int = 16
+    max_loras: int = 2
+    max_cpu_loras: int = 8
+    engine_connect_timeout_s: float = 2.0
+    engine_read_timeout_s: float = 120.0
+    engine_max_concurrency: int = 64
+    engine_queue_size: int = 256
+    health_interval_s: float = 1.0
+
+    # Adapter store: the gateway validates artifacts under `adapter_store`; the engines read the
+    # same files under `engine_adapter_root` (a shared volume; defaults to the same path).
+    adapter_store: Path = Path(".loragate/adapters")
+    engine_adapter_root: Path | None = None
+    max_adapter_bytes: int = 512 * 1024 * 1024
+    supported_target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        ]
+    )
+
+    # Request limits at the edge.
+    max_body_bytes: int = 1024 * 1024
+    max_messages: int = 256
+    max_n: int = 1
+    default_max_tokens_cap: int = 4096
+
+    # Cost: price per 1K tokens by tenant plan ("default" applies when the plan has no row).
+    currency: str = "USD"
+    prices: dict[str, Price] = Field(default_factory=lambda: {"default": Price()})
+
+    snapshot_max_staleness_s: float = 300.0
+    snapshot_poll_interval_s: float = 0.5
+
+    def price_for(self, plan: str) -> Price:
+        return self.prices.get(plan) or self.prices.get("default") or Price()
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides: Any) -> Settings:
+        import orjson
+
+        data = orjson.loads(path.read_bytes())
+        data.update(overrides)
+        return cls(**data)
