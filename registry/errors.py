@@ -1,12 +1,12 @@
 """Registry exceptions; only `gateway/errors.py` maps them to HTTP.
 
-    RegistryError                  (code)
-    ├── InvalidName                 invalid_name
-    ├── NotFound                    not_found
-    ├── AlreadyExists               already_exists
-    ├── RevisionConflict            revision_conflict
-    ├── InvalidRollout              invalid_rollout
-    └── RegistryUnavailable         registry_unavailable (Redis down, frozen or timed out)
+RegistryError                  (code)
+├── InvalidName                 invalid_name
+├── NotFound                    not_found
+├── AlreadyExists               already_exists
+├── RevisionConflict            revision_conflict
+├── InvalidRollout              invalid_rollout
+└── RegistryUnavailable         registry_unavailable (Redis down, frozen or timed out)
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ class AdapterVersion(Record):
     rank: int
     target_modules: tuple[str, ...]
     size_bytes: int
+    alpha: float | None = None  # lora_alpha; None for records written before it was kept
     metadata: dict[str, Any] = {}
     created_by: str = "admin"
     created_at: float = 0.0
@@ -75,7 +76,8 @@ class AdapterVersion(Record):
     @property
     def engine_name(self) -> str:
         """Immutable engine-side adapter name; never reused for other weights (ENGINE.md caveat)."""
-        return f"lg-{self.tenant}-{self.name}-v{self.version}-{self.digest.removeprefix('sha256:')[:12]}"
+        short = self.digest.removeprefix("sha256:")[:12]
+        return f"lg-{self.tenant}-{self.name}-v{self.version}-{short}"
 
 
 class PromptVersion(Record):

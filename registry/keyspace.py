@@ -1,0 +1,97 @@
+"""Every Redis key, hash field and channel name the registry uses, in one place.
+
+Why one module: the layout is a storage format. A version prefix (`lg:v1:`) lets a new layout live
+next to the old one during a migration, and tests can give each registry its own prefix.
+
+Layout (the whole registry is small, so `load_state` reads it in one MULTI):
+
+    <p>tenants      hash  <tenant>                      -> Tenant JSON
+    <p>keys         hash  <key hmac>                    -> ApiKey JSON (never the key itself)
+    <p>key_ids      hash  <tenant>:<key_id>             -> key hmac (for revocation by id)
+    <p>adapters     hash  <tenant>:<name>:<version>     -> AdapterVersion JSON
+    <p>prompts      hash  <tenant>:<name>:<version>     -> PromptVersion JSON
+    <p>releases     hash  <tenant>:<release_id>         -> Release JSON
+    <p>aliases      hash  <tenant>:<alias>              -> Alias JSON
+    <p>seq          hash  adapter|prompt|release:...    -> last allocated version number
+    <p>epoch        int   incremented by every write
+    <p>audit        stream, every write; <p>audit:<tenant> the same, per tenant
+    <p>invalidate   pub/sub channel carrying the new epoch
+
+Names are validated by `registry.models.NAME_RE` (no `:`), so `:` is an unambiguous separator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "lg:v1:"
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def tenants(self) -> str:
+        return f"{self.prefix}tenants"
+
+    @property
+    def keys(self) -> str:
+        return f"{self.prefix}keys"
+
+    @property
+    def key_ids(self) -> str:
+        return f"{self.prefix}key_ids"
+
+    @property
+    def adapters(self) -> str:
+        return f"{self.prefix}adapters"
+
+    @property
+    def prompts(self) -> str:
+        return f"{self.prefix}prompts"
+
+    @property
+    def releases(self) -> str:
+        return f"{self.prefix}releases"
+
+    @property
+    def aliases(self) -> str:
+        return f"{self.prefix}aliases"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}seq"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}epoch"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}audit"
+
+    def audit_of(self, tenant: str) -> str:
+        return f"{self.prefix}audit:{tenant}"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}invalidate"
+
+    def pattern(self) -> str:
+        """SCAN pattern matching every key of this keyspace (tests dump it)."""
+        return f"{self.prefix}*"
+
+
+def tenant_field(tenant: str, rest: str) -> str:
+    """Hash field of a tenant-scoped record: `<tenant>:<rest>`."""
+    return f"{tenant}:{rest}"
+
+
+def version_field(tenant: str, name: str, version: int | str) -> str:
+    return f"{tenant}:{name}:{version}"
+
+
+def seq_field(kind: str, tenant: str, name: str) -> str:
+    """Counter field for version numbers: kind is `adapter`, `prompt` or `release`."""
+    return f"{kind}:{tenant}:{name}"

@@ -1,0 +1,34 @@
+"""Key material: tenant API keys are stored only as HMAC-SHA256 under a server secret.
+
+Why HMAC and not a plain hash: a leaked Redis dump alone does not let anyone test guessed keys.
+Why a per-tenant cache salt: vLLM's prefix cache is shared across requests; salting it per tenant
+means one tenant can never observe timing hits on another tenant's prompts.
+
+    key_id, api_key = new_api_key()          # show api_key once, store hash_key(secret, api_key)
+    hash_key(secret, api_key) == stored_hmac
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+API_KEY_PREFIX = "lg-"
+
+
+def hash_key(secret: bytes, api_key: str) -> str:
+    """HMAC-SHA256 hex of the key; the only form of a key the registry ever stores."""
+    return hmac.new(secret, b"api-key:" + api_key.encode(), hashlib.sha256).hexdigest()
+
+
+def new_api_key() -> tuple[str, str]:
+    """A fresh (key_id, api_key): key_id is public (NAME_RE); api_key is `lg-` + 43 chars."""
+    key_id = secrets.token_hex(8)
+    api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return key_id, api_key
+
+
+def cache_salt(secret: bytes, tenant: str) -> str:
+    """Per-tenant prefix-cache salt, domain-separated from key hashing."""
+    return hmac.new(secret, b"cache-salt:" + tenant.encode(), hashlib.sha256).hexdigest()

@@ -1,0 +1,240 @@
+"""The in-process registry snapshot the gateway serves from: zero Redis calls per request.
+
+Why a whole-state snapshot: the registry is small (tenants, keys, versions, releases, aliases) and
+changes rarely, so the simplest correct cache is "reload everything, atomically, when the epoch
+moves". Every write bumps the epoch and publishes it; the watcher listens on that channel and also
+polls the epoch (one GET per `poll_interval`) so a missed message still lands within about a second.
+
+An epoch lower than the one held means Redis lost data (restarted without AOF, or a failover to a
+stale replica). The watcher never silently goes back in time: it keeps the newer snapshot, sets
+`regressed` and logs it; `refresh(accept_regression=True)` is the operator's explicit way forward.
+
+    watcher = SnapshotWatcher(store, redis)
+    await watcher.start()
+    key = watcher.state.tenant_for_key(hash_key(secret, bearer))   # hot path: no I/O
+    await watcher.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from registry.errors import RegistryError, RegistryUnavailable
+from registry.models import AdapterVersion, Alias, ApiKey, PromptVersion, Release, Tenant
+from registry.refs import parse_ref
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
+    from registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    """The whole registry at one epoch. Treat as immutable; lookups are pure."""
+
+    epoch: int = -1  # -1: never loaded
+    tenants: Mapping[str, Tenant] = field(default_factory=dict)
+    keys: Mapping[str, ApiKey] = field(default_factory=dict)  # by HMAC
+    adapters: Mapping[tuple[str, str, int], AdapterVersion] = field(default_factory=dict)
+    prompts: Mapping[tuple[str, str, int], PromptVersion] = field(default_factory=dict)
+    releases: Mapping[tuple[str, str], Release] = field(default_factory=dict)
+    aliases: Mapping[tuple[str, str], Alias] = field(default_factory=dict)
+
+    def tenant_for_key(self, key_hmac: str) -> ApiKey | None:
+        """The key record if the key is known, not revoked and its tenant exists."""
+        key = self.keys.get(key_hmac)
+        if key is None or key.revoked or key.tenant not in self.tenants:
+            return None
+        return key
+
+    def alias(self, tenant: str, alias: str) -> Alias | None:
+        return self.aliases.get((tenant, alias))
+
+    def aliases_of(self, tenant: str) -> list[Alias]:
+        return sorted(
+            (a for (t, _), a in self.aliases.items() if t == tenant), key=lambda a: a.alias
+        )
+
+    def release(self, tenant: str, release_id: str) -> Release | None:
+        return self.releases.get((tenant, release_id))
+
+    def release_parts(self, release: Release) -> tuple[AdapterVersion | None, PromptVersion | None]:
+        adapter = prompt = None
+        if release.adapter is not None:
+            name, version = parse_ref(release.adapter)
+            adapter = self.adapters.get((release.tenant, name, version))
+        if release.prompt is not None:
+            name, version = parse_ref(release.prompt)
+            prompt = self.prompts.get((release.tenant, name, version))
+        return adapter, prompt
+
+
+def _records(model: type[R], raw: Mapping[Any, Any]) -> list[R]:
+    return [model.model_validate(orjson.loads(v)) for v in raw.values()]
+
+
+def parse_state(
+    epoch: int,
+    *,
+    tenants: Mapping[Any, Any],
+    keys: Mapping[Any, Any],
+    adapters: Mapping[Any, Any],
+    prompts: Mapping[Any, Any],
+    releases: Mapping[Any, Any],
+    aliases: Mapping[Any, Any],
+) -> RegistryState:
+    """Build a state from raw HGETALL results (field -> JSON); pure."""
+    return RegistryState(
+        epoch=epoch,
+        tenants={t.id: t for t in _records(Tenant, tenants)},
+        keys={k.key_hmac: k for k in _records(ApiKey, keys)},
+        adapters={(a.tenant, a.name, a.version): a for a in _records(AdapterVersion, adapters)},
+        prompts={(p.tenant, p.name, p.version): p for p in _records(PromptVersion, prompts)},
+        releases={(r.tenant, r.id): r for r in _records(Release, releases)},
+        aliases={(a.tenant, a.alias): a for a in _records(Alias, aliases)},
+    )
+
+
+class SnapshotWatcher:
+    """Keeps `state` in step with Redis via pub/sub plus an epoch poll; survives Redis outages."""
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        redis: Redis,
+        *,
+        poll_interval: float = 0.5,
+        max_staleness: float = 300.0,
+    ) -> None:
+        self._store = store
+        self._redis = redis
+        self._poll_interval = poll_interval
+        self.max_staleness = max_staleness
+        self._state = RegistryState()
+        self._synced_at: float | None = None
+        self._redis_ok = False
+        self.regressed = False
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def state(self) -> RegistryState:
+        return self._state
+
+    @property
+    def redis_ok(self) -> bool:
+        return self._redis_ok
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since the last successful sync (inf if never)."""
+        return float("inf") if self._synced_at is None else time.monotonic() - self._synced_at
+
+    @property
+    def stale(self) -> bool:
+        """True once the snapshot has not been confirmed for `max_staleness` seconds."""
+        return self.age_s > self.max_staleness
+
+    async def start(self) -> None:
+        """Initial load (an unreachable Redis leaves the empty state and keeps retrying)."""
+        with contextlib.suppress(RegistryError):
+            await self.refresh()
+        self._tasks = [
+            asyncio.create_task(self._poll_loop(), name="registry-poll"),
+            asyncio.create_task(self._listen_loop(), name="registry-listen"),
+        ]
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def refresh(self, *, accept_regression: bool = False) -> None:
+        """Reload the whole state now; raises RegistryUnavailable if Redis is unreachable."""
+        async with self._lock:
+            try:
+                new = await self._store.load_state()
+            except RegistryUnavailable:
+                self._redis_ok = False
+                raise
+            self._redis_ok = True
+            self._synced_at = time.monotonic()
+            if new.epoch < self._state.epoch and not accept_regression:
+                if not self.regressed:
+                    log.error(
+                        "registry epoch went back from %d to %d (Redis lost data?); "
+                        "keeping the newer snapshot",
+                        self._state.epoch,
+                        new.epoch,
+                    )
+                self.regressed = True
+                return
+            self.regressed = False
+            if new.epoch != self._state.epoch or accept_regression:
+                self._state = new
+                self._changed.set()
+                self._changed = asyncio.Event()
+
+    async def wait_for_epoch(self, epoch: int, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until the snapshot holds `epoch` or newer; False after `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._state.epoch < epoch:
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _sync_if_behind(self, epoch: int) -> None:
+        if epoch != self._state.epoch:
+            await self.refresh()
+        else:
+            self._redis_ok = True
+            self._synced_at = time.monotonic()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await self._sync_if_behind(await self._store.epoch())
+            except RegistryUnavailable:
+                self._redis_ok = False
+            except Exception:  # a bug must not kill the loop that keeps the snapshot fresh
+                log.exception("registry poll failed")
+            await asyncio.sleep(self._poll_interval)
+
+    async def _listen_loop(self) -> None:
+        channel = self._store.keyspace.channel
+        while True:
+            pubsub: PubSub | None = None
+            try:
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(channel)
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None and msg.get("type") == "message":
+                        await self._sync_if_behind(int(msg["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection lost: the poll loop covers us meanwhile
+                log.debug("registry listener reconnecting: %s", type(exc).__name__)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(self._poll_interval)

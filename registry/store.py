@@ -1,0 +1,540 @@
+"""RegistryStore: the registry's only writer and reader of Redis.
+
+Why it is shaped this way:
+- Every call has a hard timeout (`asyncio.timeout`, default 0.5 s) and turns connection errors and
+  timeouts into RegistryUnavailable: a frozen Redis must not freeze the admin API.
+- Every write is one call of `write.lua` (see registry/writes.py): preconditions, the write, the
+  epoch INCR, the audit XADD and the invalidation PUBLISH happen atomically or not at all, so a
+  rejected request writes nothing and every acknowledged write is audited and announced.
+- Names are validated before anything touches Redis.
+
+Redis configuration the registry needs (the demo and the tests start redis-server this way):
+- `appendonly yes`: the registry is the source of truth, not a cache; RDB snapshots alone lose the
+  writes since the last save, and a restart that lost writes would also rewind the epoch.
+- `appendfsync always` fsyncs before acknowledging each write (no acknowledged write lost, a few
+  ms per write, fine for admin traffic); `everysec` is faster but a crash may lose up to ~1 s of
+  acknowledged writes. The snapshot watcher detects the epoch going backwards and keeps the newer
+  snapshot (`regressed`) rather than silently serving older data.
+- `maxmemory-policy noeviction`: evicting a tenant or key hash would silently delete tenants;
+  with noeviction Redis refuses writes instead (RegistryUnavailable-like errors), never loses data.
+
+    store = RegistryStore(redis, secret=b"...")
+    await store.create_tenant("acme", actor="admin")
+    record, api_key = await store.issue_key("acme", actor="admin")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from registry import rollout
+from registry.errors import (
+    AlreadyExists,
+    InvalidRollout,
+    NotFound,
+    RegistryUnavailable,
+    RevisionConflict,
+)
+from registry.keyspace import Keyspace, seq_field, tenant_field, version_field
+from registry.models import (
+    AdapterVersion,
+    Alias,
+    ApiKey,
+    Limits,
+    PromptVersion,
+    Release,
+    Tenant,
+    Thresholds,
+)
+from registry.refs import check_name, check_release_id, parse_ref
+from registry.secrets import hash_key, new_api_key
+from registry.snapshot import RegistryState, parse_state
+from registry.writes import WriteSpec, encode, encode_value, new_marker, template
+
+if TYPE_CHECKING:
+    from adapters.artifact import ArtifactInfo
+
+R = TypeVar("R", bound=BaseModel)
+_UPDATE_ATTEMPTS = 5
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _parse(model: type[R], raw: bytes | str) -> R:
+    return model.model_validate(orjson.loads(raw))
+
+
+def _alias_summary(alias: Alias | None) -> str:
+    """Audit view of an alias: the routing-relevant fields, not its whole history."""
+    if alias is None:
+        return ""
+    return encode_value(
+        {
+            "stable": alias.stable,
+            "canary": alias.canary,
+            "canary_weight": alias.canary_weight,
+            "revision": alias.revision,
+            "flags": alias.flags.model_dump(),
+        }
+    )
+
+
+class RegistryStore:
+    def __init__(
+        self,
+        redis: Redis,
+        secret: bytes,
+        *,
+        timeout: float = 0.5,
+        keyspace: Keyspace | None = None,
+        clock: Callable[[], float] = time.time,
+        audit_maxlen: int = 100_000,
+    ) -> None:
+        self._redis = redis
+        self._secret = secret
+        self._timeout = timeout
+        self.keyspace = keyspace or Keyspace()
+        self._clock = clock
+        self._audit_maxlen = audit_maxlen
+        lua = resources.files("registry").joinpath("write.lua").read_text()
+        self._script = redis.register_script(lua)
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                yield
+        except TimeoutError as exc:
+            raise RegistryUnavailable(f"registry timed out after {self._timeout}s") from exc
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise RegistryUnavailable(f"registry unreachable: {type(exc).__name__}") from exc
+
+    async def _write(
+        self,
+        spec: WriteSpec,
+        *,
+        actor: str,
+        action: str,
+        tenant: str | None,
+        target: str,
+        before: str = "",
+        after: str = "",
+        reason: str = "",
+    ) -> str:
+        """Run write.lua; returns the allocated number ("" if none) or raises the failed check."""
+        ks = self.keyspace
+        audit = [
+            "actor", actor, "action", action, "tenant", tenant or "", "target", target,
+            "before", before, "after", after, "reason", reason, "time", repr(self._clock()),
+        ]  # fmt: skip
+        keys = [ks.epoch, ks.audit, ks.audit_of(tenant) if tenant else ks.audit, *spec.hashes]
+        args: list[bytes | str | int] = [
+            spec.to_json(audit), ks.channel, self._audit_maxlen, "1" if tenant else "0",
+        ]  # fmt: skip
+        result = await self._script(keys=keys, args=args)
+        status = _text(result[0])
+        if status != "ok":
+            raise spec.failures[int(result[1]) - 1]
+        return _text(result[1])
+
+    async def _hget(self, key: str, fld: str) -> bytes | str | None:
+        raw: bytes | str | None = await self._redis.hget(key, fld)
+        return raw
+
+    def _tenant_exists(self, spec: WriteSpec, tenant_id: str) -> None:
+        spec.require_present(
+            self.keyspace.tenants, tenant_id, NotFound(f"tenant {tenant_id!r} not found")
+        )
+
+    # -- tenants --------------------------------------------------------------------------------
+
+    async def create_tenant(
+        self,
+        tenant_id: str,
+        *,
+        display_name: str = "",
+        plan: str = "default",
+        limits: Limits | None = None,
+        actor: str,
+    ) -> Tenant:
+        check_name(tenant_id, "tenant id")
+        tenant = Tenant(
+            id=tenant_id, display_name=display_name, plan=plan, limits=limits or Limits(),
+            created_at=self._clock(),
+        )  # fmt: skip
+        spec = WriteSpec()
+        ks = self.keyspace
+        spec.require_absent(ks.tenants, tenant_id, AlreadyExists(f"tenant {tenant_id!r} exists"))
+        spec.put(ks.tenants, tenant_id, encode(tenant))
+        async with self._guard():
+            await self._write(
+                spec, actor=actor, action="create_tenant", tenant=tenant_id, target=tenant_id,
+                after=encode(tenant),
+            )  # fmt: skip
+        return tenant
+
+    async def update_tenant(
+        self,
+        tenant_id: str,
+        *,
+        limits: Limits | None = None,
+        display_name: str | None = None,
+        actor: str,
+    ) -> Tenant:
+        """Compare-and-set on the stored bytes; retried a few times since the change is a merge."""
+        check_name(tenant_id, "tenant id")
+        ks = self.keyspace
+        async with self._guard():
+            for _ in range(_UPDATE_ATTEMPTS):
+                raw = await self._hget(ks.tenants, tenant_id)
+                if raw is None:
+                    raise NotFound(f"tenant {tenant_id!r} not found")
+                old = _parse(Tenant, raw)
+                changes: dict[str, Any] = {}
+                if limits is not None:
+                    changes["limits"] = limits
+                if display_name is not None:
+                    changes["display_name"] = display_name
+                new = Tenant.model_validate({**dict(old), **changes})
+                spec = WriteSpec()
+                spec.require_equals(ks.tenants, tenant_id, _text(raw), RevisionConflict("raced"))
+                spec.put(ks.tenants, tenant_id, encode(new))
+                try:
+                    await self._write(
+                        spec, actor=actor, action="update_tenant", tenant=tenant_id,
+                        target=tenant_id, before=_text(raw), after=encode(new),
+                    )  # fmt: skip
+                except RevisionConflict:
+                    continue
+                return new
+        raise RevisionConflict(f"tenant {tenant_id!r} kept changing; try again")
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        check_name(tenant_id, "tenant id")
+        async with self._guard():
+            raw = await self._hget(self.keyspace.tenants, tenant_id)
+        if raw is None:
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        return _parse(Tenant, raw)
+
+    async def list_tenants(self) -> list[Tenant]:
+        async with self._guard():
+            raw: Mapping[Any, Any] = await self._redis.hgetall(self.keyspace.tenants)
+        return sorted((_parse(Tenant, v) for v in raw.values()), key=lambda t: t.id)
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    async def issue_key(self, tenant_id: str, *, actor: str) -> tuple[ApiKey, str]:
+        """Returns the record and the plaintext key; the plaintext is never stored or logged."""
+        check_name(tenant_id, "tenant id")
+        key_id, api_key = new_api_key()
+        record = ApiKey(
+            key_id=key_id, tenant=tenant_id, key_hmac=hash_key(self._secret, api_key),
+            created_at=self._clock(),
+        )  # fmt: skip
+        ks = self.keyspace
+        spec = WriteSpec()
+        self._tenant_exists(spec, tenant_id)
+        spec.require_absent(ks.keys, record.key_hmac, AlreadyExists("key collision; try again"))
+        spec.put(ks.keys, record.key_hmac, encode(record))
+        spec.put(ks.key_ids, tenant_field(tenant_id, key_id), record.key_hmac)
+        async with self._guard():
+            await self._write(
+                spec, actor=actor, action="issue_key", tenant=tenant_id, target=key_id,
+                after=encode_value({"key_id": key_id, "revoked": False}),
+            )  # fmt: skip
+        return record, api_key
+
+    async def revoke_key(self, tenant_id: str, key_id: str, *, actor: str) -> None:
+        """Idempotent: revoking a revoked key succeeds without writing."""
+        check_name(tenant_id, "tenant id")
+        check_name(key_id, "key id")
+        ks = self.keyspace
+        missing = NotFound(f"key {key_id!r} of tenant {tenant_id!r} not found")
+        async with self._guard():
+            key_hmac = await self._hget(ks.key_ids, tenant_field(tenant_id, key_id))
+            raw = None if key_hmac is None else await self._hget(ks.keys, _text(key_hmac))
+            if key_hmac is None or raw is None:
+                raise missing
+            old = _parse(ApiKey, raw)
+            if old.revoked:
+                return
+            spec = WriteSpec()
+            spec.require_equals(ks.keys, old.key_hmac, _text(raw), missing)
+            spec.put(ks.keys, old.key_hmac, encode(old.model_copy(update={"revoked": True})))
+            await self._write(
+                spec, actor=actor, action="revoke_key", tenant=tenant_id, target=key_id,
+                before=encode_value({"key_id": key_id, "revoked": False}),
+                after=encode_value({"key_id": key_id, "revoked": True}),
+            )  # fmt: skip
+
+    # -- versions and releases ------------------------------------------------------------------
+
+    async def _create_versioned(
+        self,
+        record: BaseModel,
+        *,
+        hash_key_name: str,
+        tenant_id: str,
+        name: str,
+        kind: Literal["adapter", "prompt"],
+        marker: int,
+        extra: WriteSpec,
+        actor: str,
+    ) -> int:
+        text = template(encode(record), marker)
+        extra.allocate(self.keyspace.seq, seq_field(kind, tenant_id, name))
+        extra.put(hash_key_name, template(version_field(tenant_id, name, marker), marker), text)
+        async with self._guard():
+            n = await self._write(
+                extra, actor=actor, action=f"register_{kind}_version", tenant=tenant_id,
+                target=template(f"{name}@{marker}", marker), after=text,
+            )  # fmt: skip
+        return int(n)
+
+    async def register_adapter_version(
+        self,
+        tenant_id: str,
+        name: str,
+        info: ArtifactInfo,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        actor: str,
+    ) -> AdapterVersion:
+        check_name(tenant_id, "tenant id")
+        check_name(name, "adapter name")
+        marker = new_marker()
+        draft = AdapterVersion(
+            tenant=tenant_id, name=name, version=marker, path=info.relpath, digest=info.digest,
+            base_model=info.base_model, rank=info.rank, alpha=info.alpha,
+            target_modules=tuple(info.target_modules), size_bytes=info.size_bytes,
+            metadata=dict(metadata or {}), created_by=actor, created_at=self._clock(),
+        )  # fmt: skip
+        spec = WriteSpec()
+        self._tenant_exists(spec, tenant_id)
+        n = await self._create_versioned(
+            draft, hash_key_name=self.keyspace.adapters, tenant_id=tenant_id, name=name,
+            kind="adapter", marker=marker, extra=spec, actor=actor,
+        )  # fmt: skip
+        return draft.model_copy(update={"version": n})
+
+    async def register_prompt_version(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        system_prompt: str,
+        params: Mapping[str, Any] | None = None,
+        response_schema: Mapping[str, Any] | None = None,
+        refusal_patterns: tuple[str, ...] | list[str] = (),
+        actor: str,
+    ) -> PromptVersion:
+        check_name(tenant_id, "tenant id")
+        check_name(name, "prompt name")
+        marker = new_marker()
+        draft = PromptVersion(
+            tenant=tenant_id, name=name, version=marker, system_prompt=system_prompt,
+            params=dict(params or {}),
+            response_schema=None if response_schema is None else dict(response_schema),
+            refusal_patterns=tuple(refusal_patterns), created_by=actor, created_at=self._clock(),
+        )  # fmt: skip
+        spec = WriteSpec()
+        self._tenant_exists(spec, tenant_id)
+        n = await self._create_versioned(
+            draft, hash_key_name=self.keyspace.prompts, tenant_id=tenant_id, name=name,
+            kind="prompt", marker=marker, extra=spec, actor=actor,
+        )  # fmt: skip
+        return draft.model_copy(update={"version": n})
+
+    async def create_release(
+        self,
+        tenant_id: str,
+        alias: str,
+        *,
+        adapter: str | None = None,
+        prompt: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        eval: Mapping[str, Any] | None = None,
+        thresholds: Thresholds | None = None,
+        schema_violation: Literal["pass", "reject"] = "pass",
+        actor: str,
+    ) -> Release:
+        """A new immutable release; the first release of a new alias becomes its stable one."""
+        check_name(tenant_id, "tenant id")
+        check_name(alias, "alias")
+        ks = self.keyspace
+        spec = WriteSpec()
+        self._tenant_exists(spec, tenant_id)
+        for ref, hash_name, what in (
+            (adapter, ks.adapters, "adapter"),
+            (prompt, ks.prompts, "prompt"),
+        ):
+            if ref is not None:
+                name, version = parse_ref(ref)
+                spec.require_present(
+                    hash_name, version_field(tenant_id, name, version),
+                    NotFound(f"{what} {ref!r} of tenant {tenant_id!r} not found"),
+                )  # fmt: skip
+        marker = new_marker()
+        now = self._clock()
+        draft = Release(
+            id=rollout.release_id(alias, marker), tenant=tenant_id, alias=alias, adapter=adapter,
+            prompt=prompt, params=dict(params or {}), schema_violation=schema_violation,
+            thresholds=thresholds or Thresholds(), eval=None if eval is None else dict(eval),
+            created_by=actor, created_at=now,
+        )  # fmt: skip
+        first = rollout.first_release(tenant_id, alias, draft.id, now=now)
+        text = template(encode(draft), marker)
+        spec.allocate(ks.seq, seq_field("release", tenant_id, alias))
+        spec.put(ks.releases, template(tenant_field(tenant_id, draft.id), marker), text)
+        spec.put(
+            ks.aliases, tenant_field(tenant_id, alias), template(encode(first), marker), nx=True
+        )
+        async with self._guard():
+            n = await self._write(
+                spec, actor=actor, action="create_release", tenant=tenant_id,
+                target=template(draft.id, marker), after=text,
+            )  # fmt: skip
+        return draft.model_copy(update={"id": rollout.release_id(alias, int(n))})
+
+    async def get_release(self, tenant_id: str, release_id: str) -> Release:
+        check_name(tenant_id, "tenant id")
+        check_release_id(release_id)
+        async with self._guard():
+            raw = await self._hget(self.keyspace.releases, tenant_field(tenant_id, release_id))
+        if raw is None:
+            raise NotFound(f"release {release_id!r} of tenant {tenant_id!r} not found")
+        return _parse(Release, raw)
+
+    # -- aliases --------------------------------------------------------------------------------
+
+    async def get_alias(self, tenant_id: str, alias: str) -> Alias:
+        check_name(tenant_id, "tenant id")
+        check_name(alias, "alias")
+        async with self._guard():
+            raw = await self._hget(self.keyspace.aliases, tenant_field(tenant_id, alias))
+        if raw is None:
+            raise NotFound(f"model {alias!r} of tenant {tenant_id!r} not found")
+        return _parse(Alias, raw)
+
+    async def list_aliases(self, tenant_id: str) -> list[Alias]:
+        check_name(tenant_id, "tenant id")
+        prefix = tenant_field(tenant_id, "")
+        async with self._guard():
+            raw: Mapping[Any, Any] = await self._redis.hgetall(self.keyspace.aliases)
+        found = [_parse(Alias, v) for k, v in raw.items() if _text(k).startswith(prefix)]
+        return sorted(found, key=lambda a: a.alias)
+
+    async def mutate_alias(
+        self,
+        tenant_id: str,
+        alias: str,
+        *,
+        expected_revision: int | None,
+        change: Callable[[Alias], Alias],
+        action: str,
+        reason: str = "",
+        actor: str,
+    ) -> Alias:
+        """Read, apply the pure `change`, compare-and-set on the revision read.
+
+        A stale `expected_revision` or a lost race raises RevisionConflict; a new alias naming a
+        release that does not exist (for this tenant and alias) raises InvalidRollout.
+        """
+        check_name(tenant_id, "tenant id")
+        check_name(alias, "alias")
+        ks = self.keyspace
+        fld = tenant_field(tenant_id, alias)
+        async with self._guard():
+            raw = await self._hget(ks.aliases, fld)
+            if raw is None:
+                raise NotFound(f"model {alias!r} of tenant {tenant_id!r} not found")
+            old = _parse(Alias, raw)
+            if expected_revision is not None and expected_revision != old.revision:
+                raise RevisionConflict(
+                    f"model {alias!r} is at revision {old.revision}, not {expected_revision}"
+                )
+            new = change(old)
+            if (new.tenant, new.alias) != (old.tenant, old.alias):
+                raise InvalidRollout("a change may not move an alias to another tenant or name")
+            if new.revision != old.revision + 1:
+                raise InvalidRollout("a change must advance the revision by exactly one")
+            spec = WriteSpec()
+            spec.require_revision(
+                ks.aliases, fld, old.revision,
+                RevisionConflict(f"model {alias!r} changed concurrently; reload and retry"),
+            )  # fmt: skip
+            for rid in {r for r in (new.stable, new.canary) if r is not None}:
+                if not rollout.belongs_to(alias, rid):
+                    raise InvalidRollout(f"release {rid!r} does not belong to model {alias!r}")
+                spec.require_present(
+                    ks.releases, tenant_field(tenant_id, rid),
+                    InvalidRollout(f"unknown release {rid!r} for model {alias!r}"),
+                )  # fmt: skip
+            spec.put(ks.aliases, fld, encode(new))
+            await self._write(
+                spec, actor=actor, action=action, tenant=tenant_id, target=alias,
+                before=_alias_summary(old), after=_alias_summary(new), reason=reason,
+            )  # fmt: skip
+        return new
+
+    # -- audit, state, health -------------------------------------------------------------------
+
+    async def audit(self, tenant_id: str | None = None, count: int = 100) -> list[dict[str, Any]]:
+        """Newest first. `before`/`after` are decoded JSON (None when empty)."""
+        stream = (
+            self.keyspace.audit
+            if tenant_id is None
+            else self.keyspace.audit_of(check_name(tenant_id, "tenant id"))
+        )
+        async with self._guard():
+            entries: list[Any] = await self._redis.xrevrange(stream, count=max(1, count)) or []
+        out: list[dict[str, Any]] = []
+        for entry_id, fields in entries:
+            row: dict[str, Any] = {_text(k): _text(v) for k, v in fields.items()}
+            for name in ("before", "after"):
+                row[name] = orjson.loads(row[name]) if row.get(name) else None
+            row["time"] = float(row.get("time", 0.0))
+            row["epoch"] = int(row.get("epoch", 0))
+            row["id"] = _text(entry_id)
+            out.append(row)
+        return out
+
+    async def load_state(self) -> RegistryState:
+        """The whole registry at one epoch (one MULTI/EXEC, so never a torn read)."""
+        ks = self.keyspace
+        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(ks.epoch)
+            for name in (ks.tenants, ks.keys, ks.adapters, ks.prompts, ks.releases, ks.aliases):
+                pipe.hgetall(name)
+            epoch, tenants, keys, adapters, prompts, releases, aliases = await pipe.execute()
+        return parse_state(
+            int(epoch or 0), tenants=tenants, keys=keys, adapters=adapters, prompts=prompts,
+            releases=releases, aliases=aliases,
+        )  # fmt: skip
+
+    async def epoch(self) -> int:
+        async with self._guard():
+            raw = await self._redis.get(self.keyspace.epoch)
+        return int(raw or 0)
+
+    async def ping(self) -> bool:
+        """True if Redis answers within the timeout; never raises."""
+        try:
+            async with self._guard():
+                return bool(await self._redis.ping())
+        except RegistryUnavailable:
+            return False

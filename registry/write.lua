@@ -1,0 +1,64 @@
+-- One guarded registry write: check preconditions, write, bump the epoch, audit, publish.
+-- Atomic because Redis runs a script to completion; a failed check returns before any write.
+--
+-- KEYS[1] epoch counter   KEYS[2] audit stream   KEYS[3] per-tenant audit stream (if ARGV[4] == '1')
+-- KEYS[4..] the hashes the spec refers to by index
+-- ARGV[1] spec (JSON):
+--   checks  [{kind = absent|present|equals|revision, key, field, value?, revision?}]
+--   seq     {key, field}  optional: HINCRBY it and substitute the number for every \1 byte in
+--           write fields, write values and audit values (version numbers, release ids)
+--   writes  [{key, field, value, nx?}]  nx: only if the field is absent (HSETNX)
+--   audit   [name, value, name, value, ...]
+-- ARGV[2] invalidation channel   ARGV[3] audit stream MAXLEN (approximate)   ARGV[4] '1' or '0'
+-- Returns {"ok", seq-or-"", epoch} or {"fail", index of the failed check}.
+local spec = cjson.decode(ARGV[1])
+
+for i, c in ipairs(spec.checks) do
+  local cur = redis.call('HGET', KEYS[c.key], c.field)
+  local ok
+  if c.kind == 'absent' then
+    ok = (cur == false)
+  elseif c.kind == 'present' then
+    ok = (cur ~= false)
+  elseif c.kind == 'equals' then
+    ok = (cur == c.value)
+  elseif c.kind == 'revision' then
+    ok = (cur ~= false) and (cjson.decode(cur).revision == c.revision)
+  else
+    return redis.error_reply('unknown check kind ' .. tostring(c.kind))
+  end
+  if not ok then
+    return {'fail', i}
+  end
+end
+
+local n = ''
+if spec.seq then
+  n = tostring(redis.call('HINCRBY', KEYS[spec.seq.key], spec.seq.field, 1))
+end
+local function fill(s)
+  if n == '' then return s end
+  return (string.gsub(s, '\1', n))
+end
+
+for _, w in ipairs(spec.writes) do
+  if w.nx then
+    redis.call('HSETNX', KEYS[w.key], fill(w.field), fill(w.value))
+  else
+    redis.call('HSET', KEYS[w.key], fill(w.field), fill(w.value))
+  end
+end
+
+local epoch = redis.call('INCR', KEYS[1])
+local entry = {}
+for i, v in ipairs(spec.audit) do
+  entry[i] = fill(v)
+end
+table.insert(entry, 'epoch')
+table.insert(entry, tostring(epoch))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(entry))
+if ARGV[4] == '1' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(entry))
+end
+redis.call('PUBLISH', ARGV[2], epoch)
+return {'ok', n, epoch}
