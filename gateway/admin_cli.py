@@ -1,0 +1,237 @@
+"""`loragate admin ...`: drives the admin API. Readable tables by default, `--json` for scripts.
+
+Connection: `--url` / LORAGATE_URL (default http://127.0.0.1:8000) and `--token` /
+LORAGATE_ADMIN_TOKEN; with neither set, `.loragate/demo.json` (written by the demo) is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def _connection(args: argparse.Namespace) -> tuple[str, str]:
+    url = args.url or os.environ.get("LORAGATE_URL")
+    token = args.token or os.environ.get("LORAGATE_ADMIN_TOKEN")
+    demo = Path(".loragate/demo.json")
+    if (not url or not token) and demo.exists():
+        data = json.loads(demo.read_text())
+        url = url or data["gateway_url"]
+        token = token or data["admin_token"]
+    return (url or "http://127.0.0.1:8000").rstrip("/"), token or ""
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: Any = None, **params: Any) -> Any:
+    url, token = _connection(args)
+    query = {k: v for k, v in params.items() if v is not None}
+    try:
+        response = httpx.request(
+            method,
+            f"{url}/admin/v1{path}",
+            json=body,
+            params=query,
+            headers={"authorization": f"Bearer {token}"},
+            timeout=120.0,
+        )
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {url}: {type(exc).__name__}", file=sys.stderr)
+        raise SystemExit(3) from None
+    if response.status_code == 204:
+        return None
+    data = response.json()
+    if response.status_code >= 400:
+        error = data.get("error", {}) if isinstance(data, dict) else {}
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            print(
+                f"error {response.status_code} {error.get('code')}: {error.get('message')}",
+                file=sys.stderr,
+            )
+        raise SystemExit(2)
+    return data
+
+
+def _print(args: argparse.Namespace, data: Any, columns: list[str] | None = None) -> None:
+    if args.json or columns is None:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    rows = data if isinstance(data, list) else [data]
+    table = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [
+        max(len(c), *(len(r[i]) for r in table)) if table else len(c) for i, c in enumerate(columns)
+    ]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _json_arg(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _alias_path(args: argparse.Namespace) -> str:
+    return f"/tenants/{args.tenant}/models/{args.alias}"
+
+
+def _current_revision(args: argparse.Namespace) -> int:
+    if args.expected_revision is not None:
+        return int(args.expected_revision)
+    return int(_call(args, "GET", _alias_path(args))["revision"])
+
+
+def _run(args: argparse.Namespace) -> int:
+    action = args.admin_action
+    alias_cols = ["alias", "stable", "canary", "canary_weight", "revision", "flags"]
+    if action == "tenants-create":
+        limits = _json_arg(args.limits)
+        body = {"id": args.tenant, "display_name": args.display_name, "plan": args.plan}
+        if limits is not None:
+            body["limits"] = limits
+        _print(
+            args, _call(args, "POST", "/tenants", body), ["id", "display_name", "plan", "limits"]
+        )
+    elif action == "tenants-list":
+        _print(args, _call(args, "GET", "/tenants"), ["id", "display_name", "plan", "limits"])
+    elif action == "tenants-show":
+        data = _call(args, "GET", f"/tenants/{args.tenant}")
+        if args.json:
+            _print(args, data)
+        else:
+            _print(args, data, ["id", "display_name", "plan", "limits", "usage"])
+            print()
+            _print(args, data.get("models", []), alias_cols)
+    elif action == "tenants-limits":
+        data = _call(args, "PATCH", f"/tenants/{args.tenant}", {"limits": _json_arg(args.limits)})
+        _print(args, data, ["id", "limits"])
+    elif action == "keys-create":
+        _print(args, _call(args, "POST", f"/tenants/{args.tenant}/keys"), ["key_id", "api_key"])
+    elif action == "keys-revoke":
+        _call(args, "DELETE", f"/tenants/{args.tenant}/keys/{args.key_id}")
+        print(f"revoked {args.key_id}")
+    elif action == "adapters-register":
+        body = {"path": args.path, "metadata": _json_arg(args.metadata) or {}}
+        data = _call(args, "POST", f"/tenants/{args.tenant}/adapters/{args.name}/versions", body)
+        _print(args, data, ["ref", "digest", "rank", "target_modules", "size_bytes"])
+    elif action == "prompts-register":
+        system = Path(args.system_file).read_text() if args.system_file else args.system
+        body = {
+            "system_prompt": system or "",
+            "params": _json_arg(args.params) or {},
+            "response_schema": _json_arg(args.schema),
+        }
+        data = _call(args, "POST", f"/tenants/{args.tenant}/prompts/{args.name}/versions", body)
+        _print(args, data, ["ref", "system_prompt"])
+    elif action == "releases-create":
+        body = {
+            "adapter": args.adapter,
+            "prompt": args.prompt,
+            "params": _json_arg(args.params) or {},
+            "eval": _json_arg(args.eval),
+            "schema_violation": args.schema_violation,
+        }
+        if args.thresholds:
+            body["thresholds"] = _json_arg(args.thresholds)
+        data = _call(args, "POST", f"{_alias_path(args)}/releases", body)
+        _print(args, data, ["release", "adapter", "prompt"])
+    elif action == "models-list":
+        _print(args, _call(args, "GET", f"/tenants/{args.tenant}/models"), alias_cols)
+    elif action == "models-show":
+        _print(args, _call(args, "GET", _alias_path(args)), alias_cols)
+    elif action == "canary":
+        body = {
+            "release": args.release,
+            "weight": args.weight,
+            "expected_revision": _current_revision(args),
+        }
+        _print(args, _call(args, "POST", f"{_alias_path(args)}/canary", body), alias_cols)
+    elif action == "promote":
+        body = {"expected_revision": _current_revision(args)}
+        _print(args, _call(args, "POST", f"{_alias_path(args)}/promote", body), alias_cols)
+    elif action == "rollback":
+        body = {"expected_revision": _current_revision(args), "reason": args.reason}
+        _print(args, _call(args, "POST", f"{_alias_path(args)}/rollback", body), alias_cols)
+    elif action == "kill-switch":
+        body = {"kill_switch": args.state == "on", "expected_revision": _current_revision(args)}
+        _print(args, _call(args, "PUT", f"{_alias_path(args)}/flags", body), alias_cols)
+    elif action == "audit":
+        data = _call(args, "GET", "/audit", tenant=args.tenant, count=args.count)
+        _print(args, data, ["time", "actor", "action", "tenant", "target", "reason"])
+    return 0
+
+
+def register(sub: Any) -> None:
+    admin = sub.add_parser("admin", help="operate tenants, keys, versions, releases, rollouts")
+    admin.add_argument("--url", default=None)
+    admin.add_argument("--token", default=None)
+    admin.add_argument("--json", action="store_true", help="machine-readable output")
+    actions = admin.add_subparsers(dest="admin_action", required=True)
+
+    def add(name: str, help_text: str, *positional: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+        for arg in positional:
+            p.add_argument(arg)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        return p
+
+    p = add("tenants-create", "create a tenant", "tenant")
+    p.add_argument("--display-name", default="")
+    p.add_argument("--plan", default="default")
+    p.add_argument("--limits", help='JSON, e.g. {"max_concurrency": 2}')
+    add("tenants-list", "list tenants")
+    add("tenants-show", "a tenant, its limits, usage and models", "tenant")
+    p = add("tenants-limits", "replace a tenant's limits", "tenant")
+    p.add_argument("limits", help='JSON, e.g. {"requests_per_minute": 10}')
+    add("keys-create", "issue a key (shown once)", "tenant")
+    add("keys-revoke", "revoke a key", "tenant", "key_id")
+    p = add(
+        "adapters-register", "validate and register an adapter version", "tenant", "name", "path"
+    )
+    p.add_argument("--metadata", help="JSON")
+    p = add("prompts-register", "register a prompt version", "tenant", "name")
+    p.add_argument("--system", default=None)
+    p.add_argument("--system-file", default=None)
+    p.add_argument("--params", help="JSON default sampling params")
+    p.add_argument("--schema", help="JSON schema the output must match")
+    p = add("releases-create", "create a release (adapter@v + prompt@v)", "tenant", "alias")
+    p.add_argument("--adapter", default=None, help="name@version")
+    p.add_argument("--prompt", default=None, help="name@version")
+    p.add_argument("--params", default=None)
+    p.add_argument("--eval", default=None, help="JSON evaluation set")
+    p.add_argument("--thresholds", default=None, help="JSON canary guard thresholds")
+    p.add_argument("--schema-violation", choices=["pass", "reject"], default="pass")
+    add("models-list", "a tenant's model aliases", "tenant")
+    add("models-show", "an alias: stable, canary, weight, revision, history", "tenant", "alias")
+    for name, help_text in (
+        ("canary", "start a canary or change its weight"),
+        ("promote", "canary becomes stable"),
+        ("rollback", "back to the last good stable"),
+        ("kill-switch", "serve the base model with the stable prompt"),
+    ):
+        p = add(name, help_text, "tenant", "alias")
+        p.add_argument("--expected-revision", type=int, default=None, help="default: current")
+        if name == "canary":
+            p.add_argument("release")
+            p.add_argument("--weight", type=float, required=True)
+        if name == "rollback":
+            p.add_argument("--reason", required=True)
+        if name == "kill-switch":
+            p.add_argument("state", choices=["on", "off"])
+    p = add("audit", "the audit log")
+    p.add_argument("--tenant", default=None)
+    p.add_argument("--count", type=int, default=50)
+    admin.set_defaults(func=_run)

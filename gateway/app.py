@@ -1,0 +1,208 @@
+"""The app factory. Everything with a lifetime (Redis, aiohttp session, engine pool, snapshot
+watcher, metrics registry) is built in the lifespan of `create_app`, never at import.
+
+    app = create_app(Settings(...))
+    uvicorn.run(app, host=..., port=...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway import admin_api, tenant_api
+from gateway.engine_pool import EnginePool, PoolConfig
+from gateway.errors import ApiError, from_domain
+from gateway.metrics import GatewayMetrics
+from gateway.settings import Settings
+from gateway.state import AppState
+from registry.errors import RegistryError
+from registry.snapshot import SnapshotWatcher
+from registry.store import RegistryStore
+
+log = logging.getLogger("loragate")
+
+
+def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None = None) -> FastAPI:
+    registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        secret = settings.key_hmac_secret.get_secret_value().encode()
+        if not secret:
+            raise RuntimeError("LORAGATE_KEY_HMAC_SECRET must be set")
+        redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s * 4,
+            socket_connect_timeout=settings.redis_timeout_s * 4,
+            health_check_interval=5,
+        )
+        store = RegistryStore(redis, secret, timeout=max(settings.redis_timeout_s, 0.05))
+        watcher = SnapshotWatcher(
+            store,
+            redis,
+            poll_interval=settings.snapshot_poll_interval_s,
+            max_staleness=settings.snapshot_max_staleness_s,
+        )
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+        session = aiohttp.ClientSession(connector=connector, json_serialize=_dumps)
+        metrics = GatewayMetrics(
+            registry,
+            currency=settings.currency,
+            engines=[f"engine-{i}" for i in range(len(settings.engines))],
+        )
+        engine_root = settings.engine_adapter_root or settings.adapter_store
+        pool = EnginePool(
+            settings.engines,
+            session,
+            PoolConfig(
+                base_model=settings.base_model,
+                adapter_store=settings.adapter_store.resolve(),
+                engine_adapter_root=engine_root.resolve(),
+                max_loras=settings.max_loras,
+                max_cpu_loras=settings.max_cpu_loras,
+                max_concurrency=settings.engine_max_concurrency,
+                queue_size=settings.engine_queue_size,
+                health_interval_s=settings.health_interval_s,
+            ),
+            on_change=lambda p: _pool_gauges(metrics, p),
+        )
+        state = AppState(
+            settings=settings,
+            redis=redis,
+            store=store,
+            watcher=watcher,
+            session=session,
+            pool=pool,
+            metrics=metrics,
+            hmac_secret=secret,
+            admin_token=settings.admin_token.get_secret_value(),
+        )
+        app.state.lg = state
+        await watcher.start()
+        metrics.set_snapshot_age_source(lambda: watcher.age_s)
+        follower = asyncio.create_task(_follow_snapshot(metrics, watcher), name="label-universe")
+        await pool.start()
+        try:
+            yield
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await pool.stop()
+            await watcher.stop()
+            await session.close()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="loragate",
+        version="0.1.0",
+        description="OpenAI-compatible multi-tenant LoRA gateway in front of vLLM.",
+        lifespan=lifespan,
+    )
+    app.include_router(tenant_api.router)
+    app.include_router(admin_api.router)
+    _install_error_handlers(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint(request: Request) -> Response:
+        state: AppState = request.app.state.lg
+        state.metrics.set_registry_state(
+            redis_up=state.watcher.redis_ok, epoch=state.watcher.state.epoch
+        )
+        payload, content_type = state.metrics.render()
+        return Response(payload, media_type=content_type)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        state: AppState = request.app.state.lg
+        fresh = state.watcher.state.epoch >= 0 and not state.watcher.stale
+        engines = state.pool.any_available()
+        body = {
+            "snapshot_fresh": fresh,
+            "redis_ok": state.watcher.redis_ok,
+            "engine_available": engines,
+            "snapshot_age_s": round(state.watcher.age_s, 3),
+        }
+        status = 200 if fresh and engines else 503
+        return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+    return app
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+async def _follow_snapshot(metrics: GatewayMetrics, watcher: SnapshotWatcher) -> None:
+    """Keep metric label bounds in step with the registry (in-process only, no Redis calls)."""
+    seen: object = None
+    while True:
+        current = watcher.state
+        if current is not seen:
+            _label_universe(metrics, current)
+            seen = current
+        await asyncio.sleep(0.25)
+
+
+def _label_universe(metrics: GatewayMetrics, state: Any) -> None:
+    tenants = set(state.tenants)
+    models = set(state.aliases)
+    releases = {(tenant, rid) for (tenant, rid) in state.releases}
+    metrics.set_label_universe(tenants, models, releases)
+    for (tenant, alias_name), alias in state.aliases.items():
+        metrics.set_canary_weight(tenant, alias_name, alias.canary_weight if alias.canary else 0.0)
+
+
+def _pool_gauges(metrics: GatewayMetrics, pool: EnginePool) -> None:
+    for replica in pool.replicas:
+        metrics.set_engine_in_flight(replica.name, replica.in_flight)
+        metrics.set_engine_healthy(replica.name, replica.healthy)
+        metrics.set_engine_resident_adapters(replica.name, len(replica.resident))
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return exc.to_response()
+
+    @app.exception_handler(RegistryError)
+    async def registry_error(request: Request, exc: RegistryError) -> Response:
+        return from_domain(exc).to_response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        message = str(first.get("msg", "Invalid request."))
+        code = "invalid_request" if request.url.path.startswith("/v1/") else "validation_error"
+        return ApiError(code, message, param=".".join(loc) or None).to_response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        return ApiError(code, str(exc.detail)).to_response()
+
+    @app.exception_handler(Exception)
+    async def unhandled(request: Request, exc: Exception) -> Response:
+        error = from_domain(exc)
+        if error.code == "internal_error":
+            log.error("unhandled %s on %s", type(exc).__name__, request.url.path)
+        return error.to_response()

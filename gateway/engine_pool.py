@@ -1,0 +1,313 @@
+"""The pool of vLLM replicas: health, residency of adapters, affinity routing, per-replica caps.
+
+    pool = EnginePool(settings.engines, session, config)
+    await pool.start()
+    lease = await pool.acquire(adapter_version)   # adapter resident on lease.replica
+    try:
+        ... send to lease.replica.url with model=lease.engine_model ...
+    finally:
+        pool.release(lease)                          # synchronous: safe under cancellation
+    await pool.stop()
+
+Residency is what this process loaded, reconciled against each engine's `GET /v1/models` on every
+health probe: an engine that restarted lost its adapters and gets them back on the next request.
+Loads go through a per-(replica, adapter) lock and are idempotent; the artifact digest is re-checked
+before every load. Cold adapters are unloaded deliberately (least recently used, never while a
+request uses them) instead of leaving the engine's own LRU to thrash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from adapters.artifact import verify_digest
+from adapters.engine_client import check_health, list_adapters, load_adapter, unload_adapter
+from adapters.errors import EngineLoadFailed, EngineUnavailable
+from gateway.errors import ApiError
+from gateway.routing import ReplicaView, choose_replica
+from registry.models import AdapterVersion
+
+log = logging.getLogger("loragate.engines")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    base_model: str
+    adapter_store: Path  # where the gateway reads artifacts (digest checks)
+    engine_adapter_root: Path  # where the engines read the same artifacts
+    max_loras: int = 2
+    max_cpu_loras: int = 8
+    max_concurrency: int = 64  # per replica
+    queue_size: int = 256  # requests waiting for a slot, pool-wide
+    queue_timeout_s: float = 5.0
+    health_interval_s: float = 1.0
+    eject_after_failures: int = 3
+    eject_base_s: float = 1.0
+    eject_max_s: float = 30.0
+    max_ejected_fraction: float = 0.5
+
+
+@dataclass
+class Replica:
+    name: str
+    url: str
+    healthy: bool = False
+    in_flight: int = 0
+    failures: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+    resident: OrderedDict[str, AdapterVersion] = field(default_factory=OrderedDict)
+    users: dict[str, int] = field(default_factory=dict)  # engine name -> requests in flight
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def available(self, now: float) -> bool:
+        return self.healthy and now >= self.ejected_until
+
+
+@dataclass
+class Lease:
+    replica: Replica
+    engine_model: str
+    miss: bool
+    engine_name: str | None
+    released: bool = False
+
+
+class EnginePool:
+    def __init__(
+        self,
+        urls: list[str],
+        session: aiohttp.ClientSession,
+        config: PoolConfig,
+        *,
+        on_change: Callable[[EnginePool], None] | None = None,
+    ) -> None:
+        self.replicas = [Replica(f"engine-{i}", url.rstrip("/")) for i, url in enumerate(urls)]
+        self._by_name = {r.name: r for r in self.replicas}
+        self.session = session
+        self.config = config
+        self._on_change = on_change
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.probe_all()
+        self._task = asyncio.create_task(self._health_loop(), name="engine-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            try:
+                await self.probe_all()
+            except Exception:  # pragma: no cover - the loop must survive anything
+                log.exception("health probe failed")
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self._probe(r) for r in self.replicas))
+        self._changed()
+
+    async def _probe(self, replica: Replica) -> None:
+        ok = await check_health(self.session, replica.url)
+        if not ok:
+            if replica.healthy:
+                log.warning("engine %s unhealthy", replica.name)
+            replica.healthy = False
+            return
+        try:
+            loaded = await list_adapters(self.session, replica.url)
+        except EngineUnavailable:
+            replica.healthy = False
+            return
+        # Reconcile: forget what the engine no longer has (restart, external unload).
+        for name in [n for n in replica.resident if n not in loaded]:
+            del replica.resident[name]
+        if not replica.healthy:
+            log.info("engine %s healthy", replica.name)
+            replica.failures = 0
+            replica.ejected_until = 0.0
+        replica.healthy = True
+
+    # -- routing ---------------------------------------------------------------------------------
+    def views(self) -> list[ReplicaView]:
+        now = time.monotonic()
+        slots = max(1, self.config.max_cpu_loras)
+        return [
+            ReplicaView(
+                name=r.name,
+                available=r.available(now),
+                in_flight=r.in_flight,
+                cap=self.config.max_concurrency,
+                resident=frozenset(r.resident),
+                slots=slots,
+            )
+            for r in self.replicas
+        ]
+
+    def any_available(self) -> bool:
+        now = time.monotonic()
+        return any(r.available(now) for r in self.replicas)
+
+    async def acquire(
+        self, adapter: AdapterVersion | None, *, exclude: frozenset[str] = frozenset()
+    ) -> Lease:
+        """Take a slot on a replica with `adapter` resident; give it back with `release` (sync)."""
+        engine_name = adapter.engine_name if adapter is not None else None
+        replica, miss = await self._acquire(engine_name, exclude)
+        lease = Lease(replica, engine_name or self.config.base_model, miss, engine_name)
+        if engine_name is not None:
+            replica.users[engine_name] = replica.users.get(engine_name, 0) + 1
+        try:
+            if adapter is not None:
+                await self.ensure_resident(replica, adapter)
+        except BaseException:
+            self.release(lease)
+            raise
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        """Synchronous and idempotent, so it is safe in `finally` blocks under cancellation."""
+        if lease.released:
+            return
+        lease.released = True
+        replica = lease.replica
+        if lease.engine_name is not None:
+            left = replica.users.get(lease.engine_name, 1) - 1
+            if left <= 0:
+                replica.users.pop(lease.engine_name, None)
+            else:
+                replica.users[lease.engine_name] = left
+        replica.in_flight -= 1
+        self._changed()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    def forget(self, replica: Replica, engine_name: str) -> None:
+        """The engine no longer has the adapter (it answered 404): load it again next time."""
+        replica.resident.pop(engine_name, None)
+
+    async def _acquire(
+        self, engine_name: str | None, exclude: frozenset[str]
+    ) -> tuple[Replica, bool]:
+        if not any(r.available(time.monotonic()) for r in self.replicas if r.name not in exclude):
+            raise ApiError("engine_unavailable", "No engine replica is available; retry shortly.")
+        choice = choose_replica(self.views(), engine_name, exclude=exclude)
+        if choice is None:
+            if len(self._waiters) >= self.config.queue_size:
+                raise ApiError("overloaded", "The gateway is at capacity; retry shortly.")
+            deadline = time.monotonic() + self.config.queue_timeout_s
+            while choice is None:
+                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                try:
+                    async with asyncio.timeout_at(
+                        asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic())
+                    ):
+                        await waiter
+                except TimeoutError:
+                    raise ApiError(
+                        "overloaded", "The gateway is at capacity; retry shortly."
+                    ) from None
+                finally:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                choice = choose_replica(self.views(), engine_name, exclude=exclude)
+        replica = self._by_name[choice.replica]
+        replica.in_flight += 1
+        if engine_name is not None:
+            if choice.miss:
+                self.misses += 1
+            else:
+                self.hits += 1
+        self._changed()
+        return replica, choice.miss
+
+    # -- residency -------------------------------------------------------------------------------
+    async def ensure_resident(self, replica: Replica, adapter: AdapterVersion) -> None:
+        name = adapter.engine_name
+        if name in replica.resident:
+            replica.resident.move_to_end(name)
+            return
+        lock = replica.locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name in replica.resident:
+                replica.resident.move_to_end(name)
+                return
+            local = self.config.adapter_store / adapter.path
+            await asyncio.to_thread(verify_digest, local, adapter.digest)
+            await self._evict_for_one(replica)
+            engine_path = str(self.config.engine_adapter_root / adapter.path)
+            await load_adapter(self.session, replica.url, name, engine_path)
+            replica.resident[name] = adapter
+            log.info("loaded adapter on %s", replica.name)
+            self._changed()
+
+    async def _evict_for_one(self, replica: Replica) -> None:
+        """Make room for one more adapter: unload least recently used idle ones over the limit."""
+        limit = max(1, self.config.max_cpu_loras)
+        while len(replica.resident) >= limit:
+            idle = [n for n in replica.resident if replica.users.get(n, 0) == 0]
+            if not idle:
+                return  # everything is busy: let the engine's own LRU cope
+            victim = idle[0]
+            with contextlib.suppress(EngineLoadFailed):
+                await unload_adapter(self.session, replica.url, victim)
+            replica.resident.pop(victim, None)
+
+    async def preload(self, adapter: AdapterVersion) -> None:
+        """Load an adapter on one available replica before its release takes traffic."""
+        self.release(await self.acquire(adapter))
+
+    async def unload_everywhere(self, engine_name: str) -> None:
+        """Unload an adapter no release references any more, where no request still uses it."""
+        for replica in self.replicas:
+            if engine_name in replica.resident and replica.users.get(engine_name, 0) == 0:
+                with contextlib.suppress(EngineLoadFailed, EngineUnavailable):
+                    await unload_adapter(self.session, replica.url, engine_name)
+                replica.resident.pop(engine_name, None)
+
+    # -- passive health --------------------------------------------------------------------------
+    def report_failure(self, replica: Replica) -> None:
+        replica.failures += 1
+        if replica.failures < self.config.eject_after_failures:
+            return
+        now = time.monotonic()
+        ejected = sum(1 for r in self.replicas if now < r.ejected_until)
+        if (ejected + 1) / len(self.replicas) > self.config.max_ejected_fraction:
+            return  # never eject so many that the rest drown
+        backoff = min(self.config.eject_max_s, self.config.eject_base_s * 2**replica.ejections)
+        replica.ejections += 1
+        replica.ejected_until = now + backoff
+        replica.failures = 0
+        log.warning("engine %s ejected for %.1fs", replica.name, backoff)
+        self._changed()
+
+    def report_success(self, replica: Replica) -> None:
+        replica.failures = 0
+        if replica.ejections and time.monotonic() >= replica.ejected_until:
+            replica.ejections = 0
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)

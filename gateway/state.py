@@ -1,0 +1,29 @@
+"""Everything a running gateway owns, built by the lifespan in `create_app` (never at import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from gateway.engine_pool import EnginePool
+from gateway.metrics import GatewayMetrics
+from gateway.settings import Settings
+from registry.snapshot import SnapshotWatcher
+from registry.store import RegistryStore
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    redis: aioredis.Redis
+    store: RegistryStore
+    watcher: SnapshotWatcher
+    session: aiohttp.ClientSession
+    pool: EnginePool
+    metrics: GatewayMetrics
+    hmac_secret: bytes
+    admin_token: str
+    # engine adapter names -> requests in flight, so old versions unload only when unused
+    draining: set[str] = field(default_factory=set)

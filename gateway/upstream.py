@@ -1,0 +1,79 @@
+"""Talking to one engine replica over aiohttp: open a chat request, classify what came back.
+
+A request is *retryable* on another replica only while nothing has reached the client: the
+connection failed, or the engine answered 5xx before the first byte of the body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+
+class UpstreamFailed(Exception):
+    """The engine could not be reached or answered 5xx; safe to retry elsewhere."""
+
+
+@dataclass(frozen=True)
+class UpstreamError(Exception):
+    """The engine answered 4xx: the request itself is at fault (or the adapter vanished: 404)."""
+
+    status: int
+    message: str
+
+
+async def open_chat(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+) -> aiohttp.ClientResponse:
+    """POST to /v1/chat/completions and return the response once its status is 200.
+
+    The caller owns the response: `release()` after a clean end, `close()` to abort the engine
+    request (vLLM aborts generation when its client connection drops).
+    """
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+    )
+    try:
+        response = await session.post(
+            url + "/v1/chat/completions",
+            data=orjson.dumps(body),
+            headers={"content-type": "application/json"},
+            timeout=timeout,
+        )
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise UpstreamFailed(type(exc).__name__) from None
+    if response.status == 200:
+        return response
+    try:
+        raw = await response.read()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        raw = b""
+    finally:
+        response.release()
+    if response.status >= 500:
+        raise UpstreamFailed(f"status {response.status}")
+    raise UpstreamError(response.status, _message_of(raw))
+
+
+def _message_of(raw: bytes) -> str:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "The engine rejected the request."
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(data.get("message"), str):
+            return str(data["message"])
+        if isinstance(data.get("detail"), str):
+            return str(data["detail"])
+    return "The engine rejected the request."
