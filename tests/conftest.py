@@ -7,6 +7,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.registry",
+    "tests.fixtures.manifests",
 ]
 
 
