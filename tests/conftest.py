@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.registry",
     "tests.fixtures.manifests",
+    "tests.fixtures.prometheus",
 ]
 
 

@@ -1,0 +1,90 @@
+"""Read the PromQL out of Grafana dashboards, so tests can check and run every panel query.
+
+Why: dashboards drift silently (a renamed metric shows "No data", nobody notices). Tests use
+`iter_panel_queries` to check each expr against the metrics `GatewayMetrics` registers and to run
+it against a real Prometheus; `metric_names` is the (deliberately small) PromQL scanner for that.
+
+    for expr in iter_panel_queries(Path("deploy/grafana/dashboards/overview.json")):
+        print(substitute_variables(expr, {"tenant": "acme"}))
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+# Grafana's built-in interval variables, replaced by values Prometheus accepts for a short test.
+BUILTIN_VARIABLES: dict[str, str] = {
+    "__rate_interval": "1m",
+    "__interval": "15s",
+    "__range": "5m",
+}
+
+_KEYWORDS = frozenset(
+    {
+        "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+        "offset", "bool", "atan2", "inf", "nan",
+    }
+)  # fmt: skip
+_AGGREGATORS = frozenset(
+    {
+        "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",
+        "count_values", "group",
+    }
+)  # fmt: skip
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
+_MATCHERS = re.compile(r"\{[^}]*\}")
+_RANGE = re.compile(r"\[[^\]]*\]")
+_LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_IDENT = re.compile(r"(?<![A-Za-z0-9_.:$])[A-Za-z_:][A-Za-z0-9_:]*")
+_VARIABLE = re.compile(r"\$\{?(\w+)\}?")
+
+
+def iter_dashboard_panels(dashboard: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every panel, including panels nested in (collapsed) rows."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from iter_dashboard_panels(panel)
+
+
+def iter_panel_queries(path: Path) -> list[str]:
+    """The PromQL `expr` of every panel target of one dashboard JSON file, in panel order."""
+    dashboard = json.loads(path.read_text())
+    return [
+        target["expr"]
+        for panel in iter_dashboard_panels(dashboard)
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ]
+
+
+def substitute_variables(expr: str, values: Mapping[str, str]) -> str:
+    """Replace `$var` / `${var}` with `values` (plus Grafana's built-ins); unknown ones raise."""
+    merged = {**BUILTIN_VARIABLES, **values}
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in merged:
+            raise KeyError(f"no value for dashboard variable ${name}")
+        return merged[name]
+
+    return _VARIABLE.sub(replace, expr)
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric (or recording rule) names an expr selects; labels, functions, keywords excluded."""
+    text = _STRING.sub(" ", expr)
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGE.sub(" ", text)
+    text = _LABEL_LIST.sub(" ", text)
+    names: set[str] = set()
+    for match in _IDENT.finditer(text):
+        word = match.group(0)
+        rest = text[match.end() :].lstrip()
+        if rest.startswith("(") or word in _KEYWORDS or word in _AGGREGATORS:
+            continue
+        names.add(word)
+    return names
