@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 pytest_plugins = [
+    "tests.fixtures.models",
+    "tests.fixtures.engine",
+    "tests.fixtures.gateway",
     "tests.fixtures.redis",
     "tests.fixtures.registry",
     "tests.fixtures.manifests",
