@@ -1,4 +1,4 @@
-"""Generate loragate's Grafana dashboards: `python deploy/grafana/dashboards.py` rewrites
+"""Generate loragate's Grafana dashboards: `python deploy/grafana/generate.py` rewrites
 deploy/grafana/dashboards/{overview,tenant,engines}.json.
 
 Why generated: three dashboards share the datasource variable, panel layout and units; a few
