@@ -178,11 +178,11 @@ def up(args: argparse.Namespace) -> int:
                 {"default": {"prompt_per_1k": 0.0005, "completion_per_1k": 0.0015}}
             ),
         }
-        gateway_log = (logs / "gateway.log").open("ab")
-        gateway = subprocess.Popen(  # noqa: S603
-            _loragate("serve"), env=env, stdout=gateway_log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        with (logs / "gateway.log").open("ab") as gateway_log:
+            gateway = subprocess.Popen(  # noqa: S603
+                _loragate("serve"), env=env, stdout=gateway_log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
         pids["gateway"] = gateway.pid
         _write_pids(pids)
         url = f"http://127.0.0.1:{port}"

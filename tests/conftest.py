@@ -7,11 +7,11 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.engine",
-    "tests.fixtures.gateway",
     "tests.fixtures.redis",
     "tests.fixtures.registry",
     "tests.fixtures.manifests",
     "tests.fixtures.prometheus",
+    "tests.fixtures.gateway",  # last: it imports the fixtures above
 ]
 
 
