@@ -72,7 +72,7 @@ def simulate(
     active: list[tuple[int, str]] = []  # (finish step, replica)
     misses = swaps = 0
     for step in range(requests):
-        for finish, name in [a for a in active if a[0] <= step]:
+        for _, name in [a for a in active if a[0] <= step]:
             in_flight[name] -= 1
         active = [a for a in active if a[0] > step]
         adapter = rng.choices(tenants, weights)[0]
