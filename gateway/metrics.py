@@ -133,6 +133,18 @@ _Hist = _Children[Histogram]
 _AnyChildren = _Children[Counter] | _Children[Gauge] | _Children[Histogram]
 
 
+@dataclass(frozen=True, slots=True)
+class _RequestSeries:
+    """The six children one finished request touches, behind a single cache lookup."""
+
+    duration: Histogram
+    requests: Counter
+    prompt_tokens: Counter
+    completion_tokens: Counter
+    cost: Counter
+    overhead: Histogram
+
+
 class InFlight:
     """Handle for one request counted in `loragate_in_flight_requests`; `release()` is idempotent.
 
@@ -270,6 +282,7 @@ class GatewayMetrics:
             self._budget_period, self._spend,
         )  # fmt: skip
         self._by_model: tuple[_AnyChildren, ...] = (self._canary_weight, self._auto_rollbacks)
+        self._request_series: dict[tuple[str, ...], _RequestSeries] = {}
         self._by_engine: tuple[_AnyChildren, ...] = (
             self._engine_in_flight, self._engine_healthy, self._engine_adapters,
             self._adapter_loads,
@@ -291,6 +304,7 @@ class GatewayMetrics:
         """Refresh the registered ids (call on every snapshot change) and drop departed series."""
         u = LabelUniverse(frozenset(tenants), frozenset(models), frozenset(releases))
         self._universe = u
+        self._request_series.clear()  # rebuilt lazily from the pruned caches below
 
         def release_key(k: tuple[str, ...]) -> bool:
             return bound(u, k[0], k[1], k[2]) == k[:3]
@@ -340,18 +354,31 @@ class GatewayMetrics:
         cost: float = 0.0,
     ) -> None:
         """Record one finished request (any status, streaming or not)."""
-        key = self._release_key(tenant, model, release, arm)
-        skey = (*key, bound_value(status, STATUSES))
-        self._duration.get(skey).observe(duration_s)
-        self._requests.get(skey).inc()
+        skey = (*self._release_key(tenant, model, release, arm), bound_value(status, STATUSES))
+        series = self._request_series.get(skey)
+        if series is None:
+            series = self._request_series[skey] = self._new_request_series(skey)
+        series.duration.observe(duration_s)
+        series.requests.inc()
         if prompt_tokens > 0:
-            self._tokens.get((*key, "prompt")).inc(prompt_tokens)
+            series.prompt_tokens.inc(prompt_tokens)
         if completion_tokens > 0:
-            self._tokens.get((*key, "completion")).inc(completion_tokens)
+            series.completion_tokens.inc(completion_tokens)
         if cost > 0:
-            self._cost.get(key).inc(cost)
+            series.cost.inc(cost)
         if overhead_s is not None:
-            self._overhead.get((key[0],)).observe(max(overhead_s, 0.0))
+            series.overhead.observe(max(overhead_s, 0.0))
+
+    def _new_request_series(self, skey: tuple[str, ...]) -> _RequestSeries:
+        key = skey[:4]
+        return _RequestSeries(
+            duration=self._duration.get(skey),
+            requests=self._requests.get(skey),
+            prompt_tokens=self._tokens.get((*key, "prompt")),
+            completion_tokens=self._tokens.get((*key, "completion")),
+            cost=self._cost.get(key),
+            overhead=self._overhead.get((key[0],)),
+        )
 
     def observe_ttft(self, tenant: str, model: str, release: str, arm: str, ttft_s: float) -> None:
         self._ttft.get(self._release_key(tenant, model, release, arm)).observe(ttft_s)
