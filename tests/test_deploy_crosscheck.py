@@ -80,7 +80,9 @@ def test_every_loragate_name_in_deploy_is_a_settings_field(rendered: Rendered) -
     for name in OVERLAYS:
         for workload in rendered.all(name, "Deployment") + rendered.all(name, "StatefulSet"):
             for container in pod_containers(workload):
-                used |= {k for k in container_env(rendered, name, container) if k.startswith("LORAGATE_")}
+                used |= {
+                    k for k in container_env(rendered, name, container) if k.startswith("LORAGATE_")
+                }
     assert used, "nothing found: the scan is broken"
     assert used - SETTINGS_ENV == set()
 
@@ -93,7 +95,8 @@ def test_gateway_config_parses_as_settings(
         if key.startswith("LORAGATE_"):
             monkeypatch.setenv(key, value)
     settings = Settings()
-    assert settings.engines and settings.adapter_store == Path("/adapters")
+    assert settings.engines
+    assert settings.adapter_store == Path("/adapters")
 
 
 def test_compose_gateway_config_parses_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,7 +190,11 @@ def test_metric_names_in_deploy_exist() -> None:
     for path in (DEPLOY / "prometheus").glob("*_rules.yml"):
         for group in yaml.safe_load(path.read_text())["groups"]:
             rule_names |= {r["record"] for r in group["rules"] if "record" in r}
-    files = [p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix in {".yml", ".yaml", ".json", ".md"}]
+    files = [
+        p
+        for p in DEPLOY.rglob("*")
+        if p.is_file() and p.suffix in {".yml", ".yaml", ".json", ".md"}
+    ]
     files.append(DEPLOY / "Dockerfile")
     used: set[str] = set()
     for path in files:

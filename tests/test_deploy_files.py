@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 from compose_spec import PyCompose
-from yamllint import linter
-from yamllint.config import YamlLintConfig
+from yamllint import linter  # type: ignore[import-untyped]
+from yamllint.config import YamlLintConfig  # type: ignore[import-untyped]
 
 from tests.fixtures.manifests import DEPLOY, ROOT, MissingVariable, Rendered, interpolate
 
@@ -75,7 +75,8 @@ def test_compose_refuses_to_start_without_secrets() -> None:
 def test_compose_keeps_engines_and_redis_private() -> None:
     data = _compose()
     services, networks = data["services"], data["networks"]
-    assert "ports" not in services["vllm"] and "ports" not in services["redis"]
+    assert "ports" not in services["vllm"]
+    assert "ports" not in services["redis"]
     for private, owner in (("vllm", "engines"), ("redis", "data")):
         assert networks[owner]["internal"] is True
         sharing = {n for n, s in services.items() if owner in s.get("networks", [])}
@@ -152,9 +153,10 @@ def test_dockerfile_lints_clean(name: str) -> None:
     text = (DEPLOY / name).read_text()
     assert re.search(r"^ARG PYTHON_IMAGE=python:\d+\.\d+\.\d+-slim-\w+$", text, re.M)
     user = re.findall(r"^USER (\S+)$", text, re.M)
-    assert user and user[-1].split(":")[0] not in ("0", "root")
+    assert user
+    assert user[-1].split(":")[0] not in ("0", "root")
     ignore = (DEPLOY / f"{name}.dockerignore").read_text().splitlines()
-    assert ignore[[i for i, line in enumerate(ignore) if not line.startswith("#")][0]] == "*"
+    assert ignore[next(i for i, line in enumerate(ignore) if not line.startswith("#"))] == "*"
 
 
 def test_gateway_image_installs_serving_deps_only() -> None:

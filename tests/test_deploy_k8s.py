@@ -113,7 +113,9 @@ def test_references_resolve(rendered: Rendered, name: str) -> None:
     claims = {o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"}
     for workload in [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]:
         pod = workload["spec"]["template"]["spec"]
-        templates = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+        templates = {
+            t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])
+        }
         volumes = {v["name"] for v in pod.get("volumes", [])} | templates
         for volume in pod.get("volumes", []):
             if "configMap" in volume:
@@ -128,7 +130,11 @@ def test_references_resolve(rendered: Rendered, name: str) -> None:
             for item in container.get("env", []):
                 ref = item.get("valueFrom", {})
                 if "configMapKeyRef" in ref:
-                    cm = next(o for o in objects if o["metadata"]["name"] == ref["configMapKeyRef"]["name"])
+                    cm = next(
+                        o
+                        for o in objects
+                        if o["metadata"]["name"] == ref["configMapKeyRef"]["name"]
+                    )
                     assert ref["configMapKeyRef"]["key"] in cm["data"]
                 if "secretKeyRef" in ref:
                     secret = ref["secretKeyRef"]
@@ -144,9 +150,13 @@ def test_selectors_match_their_pods(rendered: Rendered, name: str) -> None:
     }
     pod_labels = {k: w["spec"]["template"]["metadata"]["labels"] for k, w in workloads.items()}
     for w in workloads.values():
-        assert _matches(w["spec"]["selector"]["matchLabels"], w["spec"]["template"]["metadata"]["labels"])
+        assert _matches(
+            w["spec"]["selector"]["matchLabels"], w["spec"]["template"]["metadata"]["labels"]
+        )
     for service in rendered.all(name, "Service"):
-        selected = [k for k, labels in pod_labels.items() if _matches(service["spec"]["selector"], labels)]
+        selected = [
+            k for k, labels in pod_labels.items() if _matches(service["spec"]["selector"], labels)
+        ]
         assert len(selected) == 1, service["metadata"]["name"]
         workload = workloads[selected[0]]
         for port in service["spec"]["ports"]:
@@ -154,7 +164,10 @@ def test_selectors_match_their_pods(rendered: Rendered, name: str) -> None:
             assert any(_port(c, target) for c in pod_containers(workload))
     for kind in ("PodDisruptionBudget",):
         for obj in rendered.all(name, kind):
-            assert _matches(obj["spec"]["selector"]["matchLabels"], pod_labels[("Deployment", "loragate-gateway")])
+            assert _matches(
+                obj["spec"]["selector"]["matchLabels"],
+                pod_labels[("Deployment", "loragate-gateway")],
+            )
     hpa = rendered.one(name, "HorizontalPodAutoscaler", "loragate-gateway")
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) in workloads
@@ -162,7 +175,9 @@ def test_selectors_match_their_pods(rendered: Rendered, name: str) -> None:
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_engines_only_reachable_from_the_gateway(rendered: Rendered, name: str) -> None:
-    gateway = rendered.one(name, "Deployment", "loragate-gateway")["spec"]["template"]["metadata"]["labels"]
+    gateway = rendered.one(name, "Deployment", "loragate-gateway")["spec"]["template"]["metadata"][
+        "labels"
+    ]
     for policy_name, target, port in [
         ("vllm-only-from-gateway", ("StatefulSet", "vllm"), 8000),
         ("redis-only-from-gateway", ("StatefulSet", "redis"), 6379),
@@ -196,13 +211,18 @@ def test_engine_list_names_every_statefulset_pod(rendered: Rendered, name: str) 
 
     assert json.loads(env["LORAGATE_ENGINES"]) == expected
     redis = rendered.one(name, "StatefulSet", "redis")
-    assert f"@redis-0.{redis['spec']['serviceName']}.{namespace}.svc:6379/" in env["LORAGATE_REDIS_URL"]
+    assert (
+        f"@redis-0.{redis['spec']['serviceName']}.{namespace}.svc:6379/"
+        in env["LORAGATE_REDIS_URL"]
+    )
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_redis_is_durable_and_never_evicts(rendered: Rendered, name: str) -> None:
     conf = rendered.config_map(name, "loragate-redis")["data"]["redis.conf"]
-    directives = dict(line.split(None, 1) for line in conf.splitlines() if line and not line.startswith("#"))
+    directives = dict(
+        line.split(None, 1) for line in conf.splitlines() if line and not line.startswith("#")
+    )
     assert directives["appendonly"] == "yes"
     assert directives["appendfsync"] == "everysec"
     assert directives["maxmemory-policy"] == "noeviction"
