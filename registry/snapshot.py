@@ -131,6 +131,7 @@ class SnapshotWatcher:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
 
     @property
     def state(self) -> RegistryState:
@@ -154,12 +155,14 @@ class SnapshotWatcher:
         """Initial load (an unreachable Redis leaves the empty state and keeps retrying)."""
         with contextlib.suppress(RegistryError):
             await self.refresh()
+        self._running = True
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name="registry-poll"),
             asyncio.create_task(self._listen_loop(), name="registry-listen"),
         ]
 
     async def stop(self) -> None:
+        self._running = False  # the loops also check this, in case a library swallows a cancel
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -209,7 +212,7 @@ class SnapshotWatcher:
             self._synced_at = time.monotonic()
 
     async def _poll_loop(self) -> None:
-        while True:
+        while self._running:
             try:
                 await self._sync_if_behind(await self._store.epoch())
             except RegistryUnavailable:
@@ -220,12 +223,12 @@ class SnapshotWatcher:
 
     async def _listen_loop(self) -> None:
         channel = self._store.keyspace.channel
-        while True:
+        while self._running:
             pubsub: PubSub | None = None
             try:
                 pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(channel)
-                while True:
+                while self._running:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is not None and msg.get("type") == "message":
                         await self._sync_if_behind(int(msg["data"]))

@@ -117,9 +117,14 @@ class RegistryStore:
         try:
             async with asyncio.timeout(self._timeout):
                 yield
-        except TimeoutError as exc:
-            raise RegistryUnavailable(f"registry timed out after {self._timeout}s") from exc
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py may turn our caller's cancellation into a connection error; a
+                # cancelled task must see CancelledError, or its owner can never stop it.
+                raise asyncio.CancelledError from exc
+            if isinstance(exc, TimeoutError):
+                raise RegistryUnavailable(f"registry timed out after {self._timeout}s") from exc
             raise RegistryUnavailable(f"registry unreachable: {type(exc).__name__}") from exc
 
     async def _write(
