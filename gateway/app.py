@@ -56,7 +56,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             poll_interval=settings.snapshot_poll_interval_s,
             max_staleness=settings.snapshot_max_staleness_s,
         )
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
         session = aiohttp.ClientSession(connector=connector, json_serialize=_dumps)
         metrics = GatewayMetrics(
             registry,

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr = SecretStr("")
     key_hmac_secret: SecretStr = SecretStr("")
 
-    # Engines: every replica serves the same base model under `base_model` (vLLM --served-model-name).
+    # Engines: every replica serves one base model as `base_model` (vLLM --served-model-name).
     engines: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8001"])
     base_model: str = "smollm2-135m-instruct"
     max_lora_rank: int = 16
@@ -51,7 +51,13 @@ class Settings(BaseSettings):
     max_adapter_bytes: int = 512 * 1024 * 1024
     supported_target_modules: list[str] = Field(
         default_factory=lambda: [
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
         ]
     )
 
