@@ -137,7 +137,8 @@ def overview() -> dict[str, Any]:
               kind="stat", width=6, height=4),
         panel("Registry epoch", [("max(loragate_registry_epoch)", "epoch")], "none",
               kind="stat", width=6, height=4),
-        panel("Healthy engines", [("sum(loragate_engine_healthy)", "healthy")], "none",
+        panel("Healthy engines", [("sum(max by (engine) (loragate_engine_healthy))", "healthy")],
+              "none",
               kind="stat", width=6, height=4),
     ]  # fmt: skip
     return dashboard("loragate-overview", "loragate / Overview", panels, [])
