@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help demo demo-up demo-down test test-long check bench sysdeps venv engine-venv clean
+.PHONY: help demo demo-up demo-down test test-long check bench bench-smoke sysdeps venv engine-venv clean
 
 help:
 	@echo "make demo | demo-up | demo-down | test | test-long | check | bench"
@@ -59,8 +59,19 @@ demo-up: venv engine-venv sysdeps
 demo-down:
 	@if [ -x $(BIN)/loragate ]; then $(BIN)/loragate demo down; else echo "nothing to stop"; fi
 
-bench: venv sysdeps
-	$(BIN)/python -m loadtests.bench
+# Benchmarks: wrk (Debian) drives the closed-loop sweeps; the `bench` extra brings matplotlib,
+# locust and py-spy; LiteLLM gets its own .venv-litellm (created by the bench when missing).
+$(VENV)/.bench-stamp: $(VENV)/.stamp pyproject.toml
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench: venv engine-venv sysdeps $(VENV)/.bench-stamp
+	@command -v wrk >/dev/null || { echo "installing: wrk"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+
+bench-smoke: venv sysdeps
+	$(BIN)/python -m loadtests.bench --smoke --out bench-results/smoke
 
 clean:
 	rm -rf bench-results .mypy_cache .ruff_cache .pytest_cache

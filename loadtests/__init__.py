@@ -1,0 +1,1 @@
+"""Benchmarks and load tests for loragate: `make bench` (loadtests.bench) and a locust scenario."""

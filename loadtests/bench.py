@@ -1,0 +1,331 @@
+"""`make bench`: gateway overhead side by side with direct access and with LiteLLM proxy.
+
+Layout on a 2-core box: the gateway under test is pinned to core 0; the mock engine, redis and the
+load generators (this process, wrk) share core 1. Arms run one at a time, interleaved over
+repetitions (their order rotates), and the direct arm runs at the start of every repetition and
+once more at the end, so drift of the machine shows up as a direct-vs-direct difference.
+
+Modes per arm: open-loop fixed-rate JSON requests (latency), closed-loop sweeps with wrk
+(throughput frontier), closed-loop SSE streams (TTFT, inter-chunk gaps, CPU per chunk, lost
+frames). Then a real-engine arm: the same requests to a vLLM-CPU engine directly and through
+loragate. Everything lands in `bench-results/` (report.json, report.md, PNG plots).
+
+    python -m loadtests.bench            # full run, minutes
+    python -m loadtests.bench --smoke    # seconds, tiny rates, no LiteLLM, no real engine
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loadtests import engine_arm, report, stack, wrk
+from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
+from loadtests.procs import Proc, cpu_count, free_port
+
+GATEWAY_CPU = 0
+CLIENT_CPU = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    reps: int = 3
+    duration: float = 4.0
+    rates: tuple[float, ...] = (100, 500, 1000, 2000)
+    concurrency: tuple[int, ...] = (1, 16, 64, 256)
+    streams: tuple[int, ...] = (32, 256)
+    sse_chunks: int = 32
+    sse_interval_ms: float = 20.0
+    tenants: int = 8
+    canary_weight: float = 0.2
+    litellm: bool = True
+    engine: bool = True
+    use_wrk: bool = True
+    smoke: bool = False
+
+
+SMOKE = Plan(
+    reps=1,
+    duration=1.0,
+    rates=(50,),
+    concurrency=(4,),
+    streams=(4,),
+    sse_chunks=4,
+    sse_interval_ms=5.0,
+    tenants=2,
+    canary_weight=0.5,
+    litellm=False,
+    engine=False,
+    use_wrk=False,
+    smoke=True,
+)
+
+
+@dataclass
+class Arm:
+    name: str
+    json_target: Target
+    sse_target: Target
+    proc: Proc | None  # the gateway under test (None: direct)
+    redis_url: str | None = None
+    redis_idle_per_s: float = 0.0
+    saturated_at: float = float("inf")  # open-loop rate past which runs only measure a queue
+
+
+def chat_body(model: str, *, stream: bool, user: str | None = None) -> bytes:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello in five words."}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
+    if stream:
+        body["stream"] = True
+    if user is not None:
+        body["user"] = user
+    return orjson.dumps(body)
+
+
+def targets(
+    url: str, model: str, keys: list[str], *, frames: int, users: int = 64
+) -> tuple[Target, Target]:
+    """Requests rotate over tenants (keys) and end users, so canary choice takes both arms."""
+    rng = random.Random(7)
+    pairs: list[tuple[dict[str, str], bool, str | None]] = []
+    for i in range(max(users, len(keys))):
+        headers = {"content-type": "application/json"}
+        if keys:
+            headers["authorization"] = f"Bearer {keys[i % len(keys)]}"
+        pairs.append((headers, False, f"user-{rng.randrange(10**6)}" if keys else None))
+    route = url + "/v1/chat/completions"
+    json_target = Target(route, [(h, chat_body(model, stream=False, user=u)) for h, _, u in pairs])
+    sse_target = Target(
+        route, [(h, chat_body(model, stream=True, user=u)) for h, _, u in pairs], frames
+    )
+    return json_target, sse_target
+
+
+def measure(arm: Arm, plan: Plan, mode: str, level: float, rep: str, mock: Proc) -> dict[str, Any]:
+    """One run of one arm at one level, with the CPU, RSS and Redis deltas around it."""
+    cpu0 = arm.proc.cpu_seconds() if arm.proc else 0.0
+    mock0 = mock.cpu_seconds()
+    calls0 = stack.redis_calls(arm.redis_url) if arm.redis_url else {}
+    started = time.perf_counter()
+    if mode == "open":
+        result = run_sync(open_loop(arm.json_target, rate=level, duration=plan.duration)).summary()
+    elif mode == "closed" and plan.use_wrk:
+        result = wrk.run_wrk(
+            arm.json_target, concurrency=int(level), duration=plan.duration, cpu=_client_cpu()
+        )
+    elif mode == "closed":
+        stats = run_sync(
+            closed_loop(arm.json_target, concurrency=int(level), duration=plan.duration)
+        )
+        result = stats.summary()
+    else:
+        stats = run_sync(
+            closed_loop(arm.sse_target, concurrency=int(level), duration=plan.duration)
+        )
+        result = stats.summary()
+    wall = time.perf_counter() - started
+    record: dict[str, Any] = {"arm": arm.name, "mode": mode, "level": level, "rep": rep, **result}
+    ok = max(1, int(result["ok"]))
+    record["mock_cpu_util"] = (mock.cpu_seconds() - mock0) / wall
+    if arm.proc is not None:
+        used = arm.proc.cpu_seconds() - cpu0
+        record["gateway_cpu_util"] = used / wall
+        record["gateway_cpu_us_per_req"] = used / ok * 1e6
+        record["gateway_rss_mb"] = arm.proc.rss_bytes() / 2**20
+        if mode == "sse" and result.get("frames"):
+            record["gateway_cpu_us_per_chunk"] = used / result["frames"] * 1e6
+    if arm.redis_url:
+        calls1 = stack.redis_calls(arm.redis_url)
+        delta = {
+            k: v - calls0.get(k, 0)
+            for k, v in calls1.items()
+            if k != "info" and v - calls0.get(k, 0) > 0
+        }
+        total = sum(delta.values())
+        background = arm.redis_idle_per_s * wall
+        record["redis_commands"] = delta
+        record["redis_commands_per_req"] = total / max(1, result["requests"])
+        record["redis_commands_per_req_net"] = max(0.0, total - background) / max(
+            1, result["requests"]
+        )
+    return record
+
+
+def _client_cpu() -> int | None:
+    return CLIENT_CPU if cpu_count() >= 2 else None
+
+
+def _gateway_cpu() -> int | None:
+    return GATEWAY_CPU if cpu_count() >= 2 else None
+
+
+def redis_idle_rate(url: str, seconds: float) -> float:
+    """Background commands per second of an idle gateway (snapshot epoch poll)."""
+    before = stack.redis_calls(url)
+    time.sleep(seconds)
+    after = stack.redis_calls(url)
+    total = sum(v - before.get(k, 0) for k, v in after.items() if k != "info")
+    return total / seconds
+
+
+def run_arm(arm: Arm, plan: Plan, rep: str, mock: Proc, records: list[dict[str, Any]]) -> None:
+    for rate in plan.rates:
+        if arm.saturated_at <= rate:
+            continue
+        rec = measure(arm, plan, "open", rate, rep, mock)
+        records.append(rec)
+        _say(
+            f"{rep} {arm.name:8} open {rate:>6.0f}/s: p50 {rec['latency_p50_ms']:.2f} ms "
+            f"p95 {rec['latency_p95_ms']:.2f} ms errors {rec['errors']}"
+        )
+        if rec["error_rate"] > 0.2 or rec["latency_p50_ms"] > 1000:
+            arm.saturated_at = rate
+    for conc in plan.concurrency:
+        rec = measure(arm, plan, "closed", conc, rep, mock)
+        records.append(rec)
+        _say(
+            f"{rep} {arm.name:8} closed c={conc:<4}: {rec['throughput_rps']:8.0f} req/s "
+            f"p95 {rec['latency_p95_ms']:.2f} ms errors {rec['errors']}"
+        )
+    for streams in plan.streams:
+        rec = measure(arm, plan, "sse", streams, rep, mock)
+        records.append(rec)
+        _say(
+            f"{rep} {arm.name:8} sse s={streams:<4}: ttft p50 {rec.get('ttft_p50_ms', 0):.2f} ms "
+            f"lost {rec.get('lost_frames', 0)} errors {rec['errors']}"
+        )
+
+
+def _say(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def run(plan: Plan, out: Path) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    work = (out / "work").resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    if plan.use_wrk and not wrk.available():
+        _say("wrk not found: closed-loop sweeps use the in-repo generator")
+        plan = replace(plan, use_wrk=False)
+    all_cpus = os.sched_getaffinity(0)
+    client = _client_cpu()
+    if client is not None:
+        os.sched_setaffinity(0, {client})
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    started = time.time()
+    services: list[stack.Service] = []
+    try:
+        redis = stack.start_redis(work, cpu=client)
+        services.append(redis)
+        ports = [free_port(), free_port()]
+        mock = stack.start_mock(
+            work, ports=ports, cpu=client, chunks=plan.sse_chunks, interval_ms=plan.sse_interval_ms
+        )
+        services.append(mock)
+        gw = stack.start_loragate(
+            work, redis_url=redis.url, engines=mock.extra["urls"], cpu=_gateway_cpu()
+        )
+        services.append(gw)
+        tenants = stack.seed_loragate(
+            gw.url,
+            gw.admin_token,
+            store=work / "adapters",
+            tenants=plan.tenants,
+            canary_weight=plan.canary_weight,
+        )
+        keys = [t["api_key"] for t in tenants]
+        direct_json, direct_sse = targets(mock.url, stack.BASE_MODEL, [], frames=plan.sse_chunks)
+        lg_json, lg_sse = targets(gw.url, "chat", keys, frames=plan.sse_chunks)
+        arms = {
+            "direct": Arm("direct", direct_json, direct_sse, None),
+            "loragate": Arm("loragate", lg_json, lg_sse, gw.proc, redis.url),
+        }
+        # Warm the gateway: adapters resident on both replicas, connection pool filled.
+        run_sync(open_loop(lg_json, rate=200, duration=1.0))
+        arms["loragate"].redis_idle_per_s = redis_idle_rate(redis.url, 2.0 if plan.smoke else 4.0)
+        if plan.litellm:
+            try:
+                lite = stack.start_litellm(work, upstream=mock.url, cpu=_gateway_cpu())
+                services.append(lite)
+                lj, ls = targets(lite.url, "chat", [lite.admin_token], frames=plan.sse_chunks)
+                arms["litellm"] = Arm("litellm", lj, ls, lite.proc)
+                run_sync(open_loop(lj, rate=50, duration=1.0))
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                notes.append(f"LiteLLM arm skipped: {str(exc)[:300]}")
+                _say(notes[-1])
+        others = [name for name in arms if name != "direct"]
+        for rep in range(plan.reps):
+            run_arm(arms["direct"], plan, f"r{rep}", mock.proc, records)
+            order = others[rep % len(others) :] + others[: rep % len(others)]
+            for name in order:
+                run_arm(arms[name], plan, f"r{rep}", mock.proc, records)
+        run_arm(arms["direct"], plan, "end", mock.proc, records)
+        for service in reversed(services):
+            service.proc.stop()
+        services.clear()
+        os.sched_setaffinity(0, all_cpus)
+        engine_result: dict[str, Any] | None = None
+        if plan.engine:
+            engine_result = engine_arm.run(work, requests=20)
+            if engine_result.get("skipped"):
+                notes.append(f"real-engine arm skipped: {engine_result['skipped']}")
+    finally:
+        for service in reversed(services):
+            with contextlib.suppress(Exception):
+                service.proc.stop()
+        os.sched_setaffinity(0, all_cpus)
+    doc = report.build(
+        records,
+        engine=engine_result,
+        plan=asdict(plan),
+        notes=notes,
+        started=started,
+        finished=time.time(),
+    )
+    report.write(doc, out)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="seconds, tiny rates (CI)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--duration", type=float, default=None)
+    parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--no-engine", action="store_true")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else Plan()
+    if args.reps is not None:
+        plan = replace(plan, reps=args.reps)
+    if args.duration is not None:
+        plan = replace(plan, duration=args.duration)
+    if args.no_litellm:
+        plan = replace(plan, litellm=False)
+    if args.no_engine:
+        plan = replace(plan, engine=False)
+    doc = run(plan, args.out)
+    _say(f"report: {args.out / 'report.md'}")
+    for line in doc["targets_summary"]:
+        _say(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
