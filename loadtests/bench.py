@@ -21,6 +21,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -31,7 +32,7 @@ import orjson
 
 from loadtests import engine_arm, report, stack, wrk
 from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
-from loadtests.procs import Proc, cpu_count, free_port
+from loadtests.procs import Proc, free_port
 
 GATEWAY_CPU = 0
 CLIENT_CPU = 1
@@ -166,11 +167,12 @@ def measure(arm: Arm, plan: Plan, mode: str, level: float, rep: str, mock: Proc)
 
 
 def _client_cpu() -> int | None:
-    return CLIENT_CPU if cpu_count() >= 2 else None
+    return CLIENT_CPU if (os.cpu_count() or 1) >= 2 else None
 
 
 def _gateway_cpu() -> int | None:
-    return GATEWAY_CPU if cpu_count() >= 2 else None
+    """Not from our own affinity: this process pins itself to the client core first."""
+    return GATEWAY_CPU if (os.cpu_count() or 1) >= 2 else None
 
 
 def redis_idle_rate(url: str, seconds: float) -> float:
@@ -302,6 +304,10 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
     return doc
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds, tiny rates (CI)")
@@ -311,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--no-engine", action="store_true")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # so `finally` stops every process we started
     plan = SMOKE if args.smoke else Plan()
     if args.reps is not None:
         plan = replace(plan, reps=args.reps)

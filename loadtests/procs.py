@@ -132,8 +132,10 @@ class Proc:
         deadline = time.monotonic() + timeout
         while not http_ok(url):
             if self.popen.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{self.tail()}")
             if time.monotonic() > deadline:
+                self.stop()
                 raise TimeoutError(f"{self.name} not ready at {url}:\n{self.tail()}")
             time.sleep(0.1)
 

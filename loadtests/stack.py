@@ -177,8 +177,9 @@ def seed_loragate(
     base_model: str = BASE_MODEL,
     adapters: list[Path] | None = None,
     system_prompt: str | None = "You are a concise assistant.",
+    prefix: str = "t",
 ) -> list[dict[str, Any]]:
-    """Tenants t0..tN with alias `chat`: release 1 stable, release 2 canary at `canary_weight`.
+    """Tenants <prefix>0..N, alias `chat`: release 1 stable, release 2 canary at `canary_weight`.
 
     `adapters` (paths under `store`) replace the generated mock artifacts (real-engine arm).
     """
@@ -195,7 +196,7 @@ def seed_loragate(
     out: list[dict[str, Any]] = []
     with client:
         for i in range(tenants):
-            tenant = f"t{i}"
+            tenant = f"{prefix}{i}"
             call("POST", "/tenants", {"id": tenant, "display_name": f"Bench tenant {i}"})
             key = call("POST", f"/tenants/{tenant}/keys")
             releases = []
