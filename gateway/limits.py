@@ -254,8 +254,8 @@ class Limiter:
             self.live_gateways = await self._store.heartbeat(
                 self.process_id, self._heartbeat_s * 3, held
             )
-        except LimitsUnavailable:
-            self._mark_down()
+        except LimitsUnavailable as exc:
+            self._mark_down(exc)
             return False
         self._mark_up()
         await self.reconcile()
@@ -290,9 +290,9 @@ class Limiter:
             except LimitExceeded as exc:
                 self._held.pop(request_id, None)
                 self._reject(tenant.id, quota, exc)
-            except LimitsUnavailable:
+            except LimitsUnavailable as exc:
                 self._held.pop(request_id, None)
-                self._mark_down()
+                self._mark_down(exc)
             except BaseException:
                 # Cancelled mid-call: Redis may hold the slot; free it (or let its lease lapse).
                 self._held.pop(request_id, None)
@@ -353,9 +353,7 @@ class Limiter:
         return self._schedule(pending)
 
     def _schedule(self, pending: _Pending) -> asyncio.Task[None] | None:
-        if time.monotonic() < self._down_until:
-            self._queue(pending)
-            return None
+        """Always try: freeing a slot in Redis matters more than one background timeout."""
         try:
             task = asyncio.get_running_loop().create_task(self._settle_remote(pending))
         except RuntimeError:  # no running loop (interpreter shutdown): replay later
@@ -379,8 +377,8 @@ class Limiter:
                 tokens=pending.tokens,
                 cost=pending.cost,
             )
-        except LimitsUnavailable:
-            self._mark_down()
+        except LimitsUnavailable as exc:
+            self._mark_down(exc)
             self._queue(pending)
 
     def _queue(self, pending: _Pending) -> None:
@@ -468,10 +466,10 @@ class Limiter:
             retry_after=max(1.0, exc.retry_after),
         ) from None
 
-    def _mark_down(self) -> None:
+    def _mark_down(self, exc: BaseException | None = None) -> None:
         if not self.degraded:
-            log.warning("limits store unreachable: enforcing local shares (%d gateways)",
-                        self.live_gateways)  # fmt: skip
+            log.warning("limits store unreachable (%s): enforcing local shares (%d gateways)",
+                        exc, self.live_gateways)  # fmt: skip
         self.degraded = True
         self._down_until = time.monotonic() + self._retry_s
 
