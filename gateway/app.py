@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway import admin_api, tenant_api
+from gateway import admin_api, canary, tenant_api
+from gateway.analysis import Windows
 from gateway.engine_pool import EnginePool, PoolConfig
 from gateway.errors import ApiError, from_domain
 from gateway.metrics import GatewayMetrics
@@ -89,15 +90,18 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             metrics=metrics,
             hmac_secret=secret,
             admin_token=settings.admin_token.get_secret_value(),
+            canary_windows=Windows(settings.canary),
         )
         app.state.lg = state
         await watcher.start()
         metrics.set_snapshot_age_source(lambda: watcher.age_s)
         follower = asyncio.create_task(_follow_snapshot(metrics, watcher), name="label-universe")
         await pool.start()
+        guard = canary.start_guard(state)
         try:
             yield
         finally:
+            await canary.stop_guard(guard)
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower

@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
 from gateway.errors import ApiError, from_domain, model_not_found
-from gateway.guard import OutputGuard
+from gateway.guard import OutputGuard, Verdict
 from gateway.render import ChatRequest, Limits, Rendering, parse_chat_request, render_engine_body
 from gateway.sse import (
     DONE,
@@ -62,6 +62,7 @@ class Call:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    verdict: Verdict = field(default_factory=Verdict)  # output checks, for the canary windows
 
     @property
     def release_id(self) -> str:
@@ -418,7 +419,8 @@ async def _stream(
     return RelayResponse(relay(), close, headers=call.headers)
 
 
-def _record_guard(state: AppState, call: Call, verdict: Any) -> None:
+def _record_guard(state: AppState, call: Call, verdict: Verdict) -> None:
+    call.verdict = verdict
     if verdict.refusal:
         state.metrics.count_refusal(call.tenant_id, call.alias, call.release_id, call.arm)
     if verdict.schema_violation:
@@ -464,5 +466,9 @@ def _finish(state: AppState, call: Call, code: str) -> None:
         completion_tokens=call.completion_tokens,
         cost=cost,
     )
+    state.canary_windows.observe(
+        call.tenant_id, call.alias, call.arm, call.release_id, status, duration,
+        call.verdict.refusal, call.verdict.schema_violation,
+    )  # fmt: skip
     if status != "ok":
         state.metrics.count_error(call.tenant_id, code)

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.analysis import CanaryConfig
+
 
 class Price(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,6 +72,9 @@ class Settings(BaseSettings):
     # Cost: price per 1K tokens by tenant plan ("default" applies when the plan has no row).
     currency: str = "USD"
     prices: dict[str, Price] = Field(default_factory=lambda: {"default": Price()})
+
+    # Canary guard (gateway/canary.py): auto-rollback on, auto-promotion off by default.
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
 
     snapshot_max_staleness_s: float = 300.0
     snapshot_poll_interval_s: float = 0.5

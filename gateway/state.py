@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import redis.asyncio as aioredis
 
+from gateway.analysis import CanaryConfig, Windows
 from gateway.engine_pool import EnginePool
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -27,3 +28,5 @@ class AppState:
     admin_token: str
     # engine adapter names -> requests in flight, so old versions unload only when unused
     draining: set[str] = field(default_factory=set)
+    # canary analysis: outcome windows fed by the chat pipeline, judged by gateway/canary.py
+    canary_windows: Windows = field(default_factory=lambda: Windows(CanaryConfig()))
