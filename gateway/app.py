@@ -79,6 +79,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
                 health_interval_s=settings.health_interval_s,
             ),
             on_change=lambda p: _pool_gauges(metrics, p),
+            on_route=metrics.count_adapter_request,
         )
         state = AppState(
             settings=settings,

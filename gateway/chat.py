@@ -13,9 +13,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -44,6 +44,7 @@ from registry.snapshot import RegistryState
 
 log = logging.getLogger("loragate.chat")
 MAX_ATTEMPTS = 2
+T = TypeVar("T")
 
 
 @dataclass
@@ -296,9 +297,9 @@ async def _complete(
     return Response(payload, media_type="application/json", headers=call.headers)
 
 
-async def _until_disconnect(request: Request, work: Any) -> bytes | None:
+async def _until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
     """Run `work`; if the client disconnects first, cancel it (which aborts the engine request)."""
-    task: asyncio.Task[bytes] = asyncio.ensure_future(work)
+    task: asyncio.Task[T] = asyncio.ensure_future(work)
 
     async def watch() -> None:
         while True:
@@ -330,7 +331,13 @@ async def _stream(
     engine_body: dict[str, Any],
     guard: OutputGuard,
 ) -> Response:
-    lease, response = await _open(state, call, engine_body)
+    # Until the engine sends its headers nothing watches the client: a client that leaves while
+    # the engine queues or prefills must still abort the engine request.
+    opened = await _until_disconnect(request, _open(state, call, engine_body))
+    if opened is None:
+        _finish(state, call, "cancelled")
+        return Response(status_code=499)
+    lease, response = opened
     outcome = {"status": "cancelled", "clean": False}
 
     def close() -> None:

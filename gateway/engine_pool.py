@@ -90,12 +90,16 @@ class EnginePool:
         config: PoolConfig,
         *,
         on_change: Callable[[EnginePool], None] | None = None,
+        on_route: Callable[[bool], None] | None = None,
     ) -> None:
+        """`on_change` runs after every state change (gauges); `on_route(hit)` once per adapter
+        request routed, so the adapter-miss rate is measured where the decision is made."""
         self.replicas = [Replica(f"engine-{i}", url.rstrip("/")) for i, url in enumerate(urls)]
         self._by_name = {r.name: r for r in self.replicas}
         self.session = session
         self.config = config
         self._on_change = on_change
+        self._on_route = on_route
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.hits = 0
@@ -240,6 +244,8 @@ class EnginePool:
                 self.misses += 1
             else:
                 self.hits += 1
+            if self._on_route is not None:
+                self._on_route(not choice.miss)
         self._changed()
         return replica, choice.miss
 

@@ -11,6 +11,8 @@ pytest_plugins = [
     "tests.fixtures.registry",
     "tests.fixtures.manifests",
     "tests.fixtures.prometheus",
+    "tests.fixtures.faultproxy",
+    "tests.fixtures.fake_engine",
     "tests.fixtures.gateway",  # last: it imports the fixtures above
 ]
 

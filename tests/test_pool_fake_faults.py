@@ -1,0 +1,152 @@
+"""Faults a real vLLM cannot be made to produce on demand, against the scripted fake engine and the
+real gateway subprocess: mid-stream death, 5xx before the first byte, overload, disconnects while
+the engine holds the request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.fixtures.fake_engine import FakeEngineFactory, Step
+from tests.fixtures.gateway import GatewayFactory
+from tests.fixtures.traffic import (
+    auth,
+    chat_body,
+    contents,
+    errors,
+    metric,
+    open_raw_chat,
+    sse_payloads,
+    wait_for,
+)
+
+
+def test_mid_stream_drop_ends_with_one_error_event_and_no_replay(
+    gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory
+) -> None:
+    first, second = fake_engine(), fake_engine()
+    first.default = second.default = Step("drop_after", tokens=3)
+    gw = gateway_factory(engines=[first.url, second.url])
+    tenant = gw.seed_tenant("dropper", adapter=None)
+    gw.wait_ready()
+    with httpx.stream(
+        "POST", gw.url + "/v1/chat/completions", json=chat_body("chat", stream=True),
+        headers=auth(tenant.api_key), timeout=30,
+    ) as response:  # fmt: skip
+        assert response.status_code == 200
+        payloads = sse_payloads(response.iter_bytes())
+    assert contents(payloads) == ["", "t0 ", "t1 ", "t2 "]  # each token once, in order
+    assert b"[DONE]" not in payloads
+    errs = errors(payloads)
+    assert len(errs) == 1
+    assert errors([payloads[-1]]) == errs  # and it is the last event
+    assert errs[0]["code"] == "engine_error"
+    # Never replayed on the other replica once bytes reached the client.
+    assert len(first.requests) + len(second.requests) == 1
+    wait_for(lambda: metric(gw.url, "loragate_engine_in_flight", engine="engine-0") == 0, 5)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_5xx_before_first_byte_is_retried_on_the_other_replica(
+    gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory, stream: bool
+) -> None:
+    broken, healthy = fake_engine(), fake_engine()
+    broken.default = Step("status", status=500)
+    gw = gateway_factory(engines=[broken.url, healthy.url])
+    tenant = gw.seed_tenant("retry", adapter=None)
+    gw.wait_ready()
+    response = httpx.post(
+        gw.url + "/v1/chat/completions", json=chat_body("chat", stream=stream),
+        headers=auth(tenant.api_key), timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert response.headers["x-loragate-engine"] == "engine-1"
+    assert len(broken.requests) == 1  # engine-0 was tried first (ties break by name)
+    assert len(healthy.requests) == 1
+    if stream:
+        payloads = sse_payloads([response.content])
+        assert contents(payloads) == ["", "t0 ", "t1 ", "t2 ", "t3 ", "t4 "]
+        assert payloads[-1] == b"[DONE]"
+        assert not errors(payloads)
+    else:
+        assert response.json()["choices"][0]["message"]["content"] == "t0 t1 t2 t3 t4 "
+
+
+def test_5xx_everywhere_is_a_clean_503(
+    gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory
+) -> None:
+    a, b = fake_engine(), fake_engine()
+    a.default = b.default = Step("status", status=502)
+    gw = gateway_factory(engines=[a.url, b.url])
+    tenant = gw.seed_tenant("down", adapter=None)
+    gw.wait_ready()
+    response = httpx.post(
+        gw.url + "/v1/chat/completions", json=chat_body("chat"), headers=auth(tenant.api_key),
+        timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "engine_unavailable"
+    assert "retry-after" in response.headers
+    assert len(a.requests) + len(b.requests) == 2  # one try each, within the retry budget
+
+
+async def test_overload_beyond_cap_and_queue_is_a_fast_503(
+    gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory
+) -> None:
+    fake = fake_engine()
+    fake.default = Step("hold", tokens=2)
+    gw = gateway_factory(engines=[fake.url], engine_max_concurrency=2, engine_queue_size=2)
+    tenant = gw.seed_tenant("burst", adapter=None)
+    gw.wait_ready()
+    async with httpx.AsyncClient(base_url=gw.url, headers=auth(tenant.api_key), timeout=30) as c:
+
+        async def one() -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            r = await c.post("/v1/chat/completions", json=chat_body("chat"))
+            return r, time.monotonic() - started
+
+        admitted = [asyncio.create_task(one()) for _ in range(2)]
+        await asyncio.to_thread(fake.wait_until, lambda e: e.active == 2)
+        burst = [asyncio.create_task(one()) for _ in range(6)]
+        # Four of the six find cap and queue full: they must be refused fast, not queued.
+        rejected: list[tuple[httpx.Response, float]] = []
+        async with asyncio.timeout(10):
+            for next_done in asyncio.as_completed(burst):
+                rejected.append(await next_done)
+                if len(rejected) == 4:
+                    break
+        for response, elapsed in rejected:
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "overloaded"
+            assert int(response.headers["retry-after"]) >= 1
+            assert elapsed < 2.0
+        assert fake.active == 2  # the queued two are still waiting at the gateway
+        fake.open_gate()
+        async with asyncio.timeout(15):
+            done = await asyncio.gather(*admitted, *burst)
+    statuses = sorted(r.status_code for r, _ in done)
+    assert statuses == [200] * 4 + [503] * 4
+    assert len(fake.requests) == 4
+    wait_for(lambda: metric(gw.url, "loragate_engine_in_flight", engine="engine-0") == 0, 5)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_disconnect_while_engine_holds_the_request_reaches_the_engine(
+    gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory, stream: bool
+) -> None:
+    """Before the first byte: the gateway waits on the engine's headers (stream) or body."""
+    fake = fake_engine()
+    fake.default = Step("hold")
+    gw = gateway_factory(engines=[fake.url])
+    tenant = gw.seed_tenant("leaver", adapter=None)
+    gw.wait_ready()
+    sock = open_raw_chat(gw.url, tenant.api_key, chat_body("chat", stream=stream))
+    fake.wait_until(lambda e: e.active == 1)
+    assert metric(gw.url, "loragate_engine_in_flight", engine="engine-0") == 1
+    sock.close()
+    fake.wait_until(lambda e: e.disconnects == 1, timeout=5)
+    wait_for(lambda: metric(gw.url, "loragate_engine_in_flight", engine="engine-0") == 0, 5)
+    assert fake.active == 0
