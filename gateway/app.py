@@ -191,6 +191,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def registry_error(request: Request, exc: RegistryError) -> Response:
         return from_domain(exc).to_response()
 
+    @app.exception_handler(AdapterError)
+    async def adapter_error(request: Request, exc: AdapterError) -> Response:
+        return from_domain(exc).to_response()
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
