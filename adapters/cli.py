@@ -66,6 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         overwrite=args.force,
+        threads=args.threads,
     )
     try:
         manifest = train_lora(cfg)
@@ -126,6 +127,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace an existing output dir")
     p.set_defaults(func=cmd_train)
 

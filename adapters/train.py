@@ -59,6 +59,7 @@ class TrainConfig:
     max_len: int = 256
     overwrite: bool = False
     progress: bool = True
+    threads: int = 0  # 0: one per core; fewer is faster on an oversubscribed machine
 
 
 def load_examples(path: Path) -> list[list[Message]]:
@@ -151,7 +152,7 @@ def train_lora(cfg: TrainConfig) -> TrainManifest:
     examples = load_examples(cfg.data)
     started = time.monotonic()
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     tokenizer = AutoTokenizer.from_pretrained(cfg.base_dir, local_files_only=True)
 
     def render(messages: Sequence[Message], gen: bool) -> str:
