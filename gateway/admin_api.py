@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters.artifact import validate_artifact
 from adapters.errors import EngineError
 from gateway.errors import ApiError
+from gateway.evaluation import evaluate_alias, gate_promotion
 from gateway.state import AppState
 from registry import rollout
 from registry.models import NAME_RE, Alias, Flags, Limits, Thresholds
@@ -153,7 +154,8 @@ async def list_tenants(state: StateDep, actor: ActorDep) -> list[dict[str, Any]]
 async def get_tenant(tenant: str, state: StateDep, actor: ActorDep) -> dict[str, Any]:
     record = await state.store.get_tenant(_name(tenant, "tenant id"))
     aliases = await state.store.list_aliases(tenant)
-    return {**record.model_dump(), "models": [alias_view(a) for a in aliases]}
+    usage = await state.limiter.usage(record)
+    return {**record.model_dump(), "usage": usage, "models": [alias_view(a) for a in aliases]}
 
 
 @router.patch("/tenants/{tenant}")
@@ -332,6 +334,10 @@ async def canary(
 async def promote(
     tenant: str, alias: str, body: PromoteBody, state: StateDep, actor: ActorDep
 ) -> dict[str, Any]:
+    await gate_promotion(  # 422 eval_failed with the failing cases, unless skip_eval
+        state, _name(tenant, "tenant id"), _name(alias, "alias"),
+        expected_revision=body.expected_revision, skip=body.skip_eval,
+    )  # fmt: skip
     now = time.time()
     return await _mutate(
         state,
@@ -343,6 +349,20 @@ async def promote(
         body.reason,
         actor,
     )
+
+
+class EvalBody(Body):
+    release: str | None = None  # default: the canary, else the stable release
+
+
+@router.post("/tenants/{tenant}/models/{alias}/eval")
+async def run_eval(
+    tenant: str, alias: str, body: EvalBody, state: StateDep, actor: ActorDep
+) -> dict[str, Any]:
+    """Run a release's evaluation set now; per-case results (a failing eval is still a 200)."""
+    release = None if body.release is None else _name(body.release, "release")
+    report = await evaluate_alias(state, _name(tenant, "tenant id"), _name(alias, "alias"), release)
+    return report.view()
 
 
 @router.post("/tenants/{tenant}/models/{alias}/rollback")

@@ -168,10 +168,27 @@ def _run(args: argparse.Namespace) -> int:
     elif action == "kill-switch":
         body = {"kill_switch": args.state == "on", "expected_revision": _current_revision(args)}
         _print(args, _call(args, "PUT", f"{_alias_path(args)}/flags", body), alias_cols)
+    elif action == "eval":
+        return _eval(args)
     elif action == "audit":
         data = _call(args, "GET", "/audit", tenant=args.tenant, count=args.count)
         _print(args, data, ["time", "actor", "action", "tenant", "target", "reason"])
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Run a release's evaluation set; exit status 1 when it does not pass (for scripts)."""
+    data = _call(args, "POST", f"{_alias_path(args)}/eval", {"release": args.release})
+    if args.json:
+        _print(args, data)
+    else:
+        verdict = "passed" if data["passed"] else "FAILED"
+        print(
+            f"release {data['release']}: {verdict} "
+            f"(pass rate {data['pass_rate']:.2f}, required {data['min_pass_rate']:.2f})"
+        )
+        _print(args, data["cases"], ["case", "name", "passed", "latency_ms", "failures"])
+    return 0 if data["passed"] else 1
 
 
 def register(sub: Any) -> None:
@@ -231,6 +248,9 @@ def register(sub: Any) -> None:
             p.add_argument("--reason", required=True)
         if name == "kill-switch":
             p.add_argument("state", choices=["on", "off"])
+    p = add("eval", "run a release's evaluation set (default: canary, else stable)", "tenant",
+            "alias")  # fmt: skip
+    p.add_argument("release", nargs="?", default=None)
     p = add("audit", "the audit log")
     p.add_argument("--tenant", default=None)
     p.add_argument("--count", type=int, default=50)

@@ -251,6 +251,24 @@ async def eval_passes(state: AppState, alias: Alias) -> bool:
     return report is None or report.passed
 
 
+async def evaluate_alias(
+    state: AppState, tenant: str, alias: str, release_id: str | None = None
+) -> EvalReport:
+    """On demand: the named release of the alias (default: its canary, else its stable)."""
+    current = await state.store.get_alias(tenant, alias)
+    rid = release_id or current.canary or current.stable
+    if rid is None:
+        raise ApiError("not_found", f"Model {alias!r} has no release to evaluate.")
+    release = await state.store.get_release(tenant, rid)
+    if release.alias != alias:
+        raise ApiError("invalid_request", "The release belongs to another model alias.", "release")
+    await state.watcher.refresh()  # the release's parts must be in the snapshot to render it
+    report = await run_release_eval(state, release)
+    if report is None:
+        raise ApiError("invalid_request", f"Release {rid!r} carries no evaluation set.", "release")
+    return report
+
+
 async def gate_promotion(
     state: AppState, tenant: str, alias: str, *, expected_revision: int, skip: bool = False
 ) -> EvalReport | None:
