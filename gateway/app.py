@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from adapters.errors import AdapterError
 from gateway import admin_api, canary, tenant_api
 from gateway.analysis import Windows
 from gateway.engine_pool import EnginePool, PoolConfig
@@ -169,7 +170,14 @@ async def _follow_snapshot(metrics: GatewayMetrics, watcher: SnapshotWatcher) ->
 def _label_universe(metrics: GatewayMetrics, state: Any) -> None:
     tenants = set(state.tenants)
     models = set(state.aliases)
-    releases = {(tenant, rid) for (tenant, rid) in state.releases}
+    # Only releases an alias can still route to (or roll back to) get series of their own: old
+    # releases drop out of /metrics instead of growing it forever.
+    releases = {
+        (tenant, rid)
+        for (tenant, _), alias in state.aliases.items()
+        for rid in (alias.stable, alias.canary, *alias.last_good)
+        if rid is not None
+    }
     metrics.set_label_universe(tenants, models, releases)
     for (tenant, alias_name), alias in state.aliases.items():
         metrics.set_canary_weight(tenant, alias_name, alias.canary_weight if alias.canary else 0.0)
