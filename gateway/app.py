@@ -27,10 +27,12 @@ from gateway import admin_api, canary, tenant_api
 from gateway.analysis import Windows
 from gateway.engine_pool import EnginePool, PoolConfig
 from gateway.errors import ApiError, from_domain
+from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 from gateway.state import AppState
 from registry.errors import RegistryError
+from registry.limits import LimitStore
 from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
 
@@ -92,10 +94,17 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             metrics=metrics,
             hmac_secret=secret,
             admin_token=settings.admin_token.get_secret_value(),
+            limiter=Limiter(
+                LimitStore(redis, timeout=max(settings.redis_timeout_s * 4, 0.05)),
+                metrics,
+                settings.price_for,
+                default_max_tokens=settings.default_max_tokens_cap,
+            ),
             canary_windows=Windows(settings.canary),
         )
         app.state.lg = state
         await watcher.start()
+        await state.limiter.start()
         metrics.set_snapshot_age_source(lambda: watcher.age_s)
         follower = asyncio.create_task(_follow_snapshot(metrics, watcher), name="label-universe")
         await pool.start()
@@ -104,6 +113,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             yield
         finally:
             await canary.stop_guard(guard)
+            await state.limiter.stop()
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower

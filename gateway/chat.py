@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
 from gateway.errors import ApiError, from_domain, model_not_found
 from gateway.guard import OutputGuard, Verdict
+from gateway.limits import Reservation, estimate_prompt_tokens
 from gateway.render import ChatRequest, Limits, Rendering, parse_chat_request, render_engine_body
 from gateway.sse import (
     DONE,
@@ -63,6 +64,7 @@ class Call:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    reservation: Reservation | None = None  # tenant limits; settled once in _finish
     verdict: Verdict = field(default_factory=Verdict)  # output checks, for the canary windows
 
     @property
@@ -162,6 +164,7 @@ class RelayResponse(StreamingResponse):
 async def handle_chat(state: AppState, request: Request) -> Response:
     call = Call(request_id=new_request_id(), started=time.perf_counter())
     call.headers["x-request-id"] = call.request_id
+    relayed = False
     try:
         call.tenant, call.key = authenticate(state, request.headers.get("authorization"))
         raw = await read_body(request, state.settings.max_body_bytes)
@@ -179,8 +182,18 @@ async def handle_chat(state: AppState, request: Request) -> Response:
         call.headers["x-loragate-release"] = call.release_id
         engine_body = render_engine_body(chat, rendering)
         guard = OutputGuard.for_release(state.watcher.state, call.release)
+        # Limits are decided here, before any engine call; 429s leave with Retry-After.
+        call.reservation = await state.limiter.admit(
+            call.tenant,
+            call.request_id,
+            prompt_tokens=estimate_prompt_tokens(engine_body.get("messages") or []),
+            max_tokens=engine_body.get("max_tokens"),
+        )
+        call.headers.update(call.reservation.headers)
         if chat.stream:
-            return await _stream(state, request, call, chat, engine_body, guard)
+            response = await _stream(state, request, call, chat, engine_body, guard)
+            relayed = isinstance(response, RelayResponse)  # its close() settles the slot
+            return response
         return await _complete(state, request, call, chat, engine_body, guard)
     except Exception as exc:
         error = from_domain(exc)
@@ -188,6 +201,10 @@ async def handle_chat(state: AppState, request: Request) -> Response:
             log.exception("unhandled error in chat request %s", call.request_id)
         _finish(state, call, error.code)
         return error.to_response(call.headers)
+    finally:
+        # Cancellation skips _finish: free the slot anyway (a no-op once settled).
+        if call.reservation is not None and not relayed:
+            state.limiter.release(call.reservation)
 
 
 async def _open(
@@ -461,6 +478,8 @@ def _finish(state: AppState, call: Call, code: str) -> None:
             call.prompt_tokens * price.prompt_per_1k
             + call.completion_tokens * price.completion_per_1k
         ) / 1000.0
+    if call.reservation is not None:
+        state.limiter.settle(call.reservation, call.prompt_tokens, call.completion_tokens, cost)
     state.metrics.observe_request(
         tenant=call.tenant_id,
         model=call.alias,

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from gateway.analysis import CanaryConfig, Windows
 from gateway.engine_pool import EnginePool
+from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 from registry.snapshot import SnapshotWatcher
@@ -26,6 +27,7 @@ class AppState:
     metrics: GatewayMetrics
     hmac_secret: bytes
     admin_token: str
+    limiter: Limiter  # tenant limits: admit before the engine, settle after
     # engine adapter names -> requests in flight, so old versions unload only when unused
     draining: set[str] = field(default_factory=set)
     # canary analysis: outcome windows fed by the chat pipeline, judged by gateway/canary.py
