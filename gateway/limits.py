@@ -160,6 +160,7 @@ class _Local:
     budget_left: float | None = None  # at the last answer from Redis
     degraded_reserved: float = 0.0
     degraded_spent: float = 0.0
+    local_held: int = 0  # admitted by the fallback and still in flight: Redis does not see them
 
 
 @dataclass(eq=False)
@@ -285,7 +286,12 @@ class Limiter:
             self._held[request_id] = handle  # its lease is renewed from here on
             try:
                 remaining = await self._store.admit(
-                    tenant.id, quota, request_id, tokens=handle.tokens, cost=cost
+                    tenant.id,
+                    quota,
+                    request_id,
+                    tokens=handle.tokens,
+                    cost=cost,
+                    held_outside=local.local_held,
                 )
             except LimitExceeded as exc:
                 self._held.pop(request_id, None)
@@ -293,6 +299,8 @@ class Limiter:
             except LimitsUnavailable as exc:
                 self._held.pop(request_id, None)
                 self._mark_down(exc)
+                # A timeout may hide an admission Redis did record: give that slot back.
+                self._schedule(_Pending(tenant.id, quota.period, request_id, 0, 0.0, 0.0))
             except BaseException:
                 # Cancelled mid-call: Redis may hold the slot; free it (or let its lease lapse).
                 self._held.pop(request_id, None)
@@ -311,6 +319,7 @@ class Limiter:
             handle.mode = "local"
             remaining = self._admit_local(tenant.id, quota, local, handle)
             local.degraded_reserved += cost
+            local.local_held += 1
         now_s = int(self._clock())
         local.in_flight += 1
         local.requests.add(now_s, 1)
@@ -339,14 +348,16 @@ class Limiter:
         local.tokens.add(int(self._clock()), tokens - handle.tokens)
         local_cost = 0.0
         if handle.mode == "local":
+            local.local_held = max(0, local.local_held - 1)
             local.degraded_reserved = max(0.0, local.degraded_reserved - handle.cost)
             local.degraded_spent += cost
             local_cost = cost
             if tokens == 0 and cost <= 0:
                 return None  # Redis never saw it and there is nothing to charge
-        pending = _Pending(
-            handle.tenant, handle.quota.period, handle.request_id, tokens, cost, local_cost
-        )
+        # A locally admitted request gets its own id in Redis: the id it was tried under may
+        # carry a tombstone from the release of a timed-out admission.
+        rid = handle.request_id if handle.mode == "remote" else f"{handle.request_id}:local"
+        pending = _Pending(handle.tenant, handle.quota.period, rid, tokens, cost, local_cost)
         if handle.mode == "local":
             self._queue(pending)
             return None

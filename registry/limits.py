@@ -249,10 +249,19 @@ class LimitStore:
         return int(reset_s) + SPEND_RETENTION_S
 
     async def admit(
-        self, scope: str, quota: Quota, request_id: str, *, tokens: int, cost: float
+        self,
+        scope: str,
+        quota: Quota,
+        request_id: str,
+        *,
+        tokens: int,
+        cost: float,
+        held_outside: int = 0,
     ) -> Remaining:
         """Reserve a slot, one request, `tokens` and `cost`; raises LimitExceeded or
-        LimitsUnavailable. Admitting the same request id twice holds one reservation."""
+        LimitsUnavailable. Admitting the same request id twice holds one reservation.
+        `held_outside`: requests the caller admitted while Redis was away and still holds; they
+        count against the concurrency limit."""
         k = self.keys(scope)
         period_id, reset_s = period_window(quota.period, self._clock())
         budget = quota.budget if quota.budget is not None else -1.0
@@ -271,6 +280,7 @@ class LimitStore:
                     self._spend_ttl(reset_s),
                     max(1, int(reset_s + 0.999)),
                     self._window,
+                    max(int(held_outside), 0),
                 ],
             )
         ok, code, retry = int(out[0]), out[1], _num(out[2])

@@ -4,7 +4,8 @@
 --       5 spend of the current period (hash: spent, reserved)
 -- ARGV: 1 rid, 2 lease_ms, 3 max_concurrency (0 = none), 4 requests/window (0 = none),
 --       5 tokens/window (0 = none), 6 estimated tokens, 7 budget (< 0 = none), 8 estimated cost,
---       9 spend key ttl s, 10 seconds until the budget period resets, 11 window s
+--       9 spend key ttl s, 10 seconds until the budget period resets, 11 window s,
+--       12 requests the caller holds outside Redis (admitted by its local fallback)
 -- Returns {ok(1|0), code, retry_after_s, requests_used, requests_reset_s, tokens_used,
 --          tokens_reset_s, spent, reserved, in_flight}
 local t = redis.call('TIME')
@@ -21,6 +22,7 @@ local est_cost = tonumber(ARGV[8])
 local spend_ttl = tonumber(ARGV[9])
 local period_reset = tonumber(ARGV[10])
 local window = tonumber(ARGV[11])
+local outside = tonumber(ARGV[12] or '0')
 local horizon = now_s - window + 1
 
 local function split(d)
@@ -95,7 +97,7 @@ end
 if redis.call('HEXISTS', KEYS[2], rid) == 1 then
   return answer(1, '', 0)  -- the same request admitted twice (a retried call): hold one slot
 end
-if max_conc > 0 and in_flight >= max_conc then
+if max_conc > 0 and in_flight + outside >= max_conc then
   return answer(0, 'concurrency_limited', 1)
 end
 if rpm > 0 and req_used + 1 > rpm then

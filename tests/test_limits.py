@@ -446,7 +446,7 @@ async def test_redis_killed_local_share_then_reconcile(redis_private: RedisServe
         assert usage["spent"] == pytest.approx(0.03 + 0.05 + 0.06)
         assert usage["in_flight"] == 0
         # A replayed settlement is not charged twice.
-        assert await a._store.settle("acme", "month", "d0", tokens=20, cost=0.05) == 2
+        assert await a._store.settle("acme", "month", "d0:local", tokens=20, cost=0.05) == 2
 
 
 async def test_frozen_redis_costs_one_timeout(redis_private: RedisServer) -> None:
