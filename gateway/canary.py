@@ -144,7 +144,7 @@ class CanaryGuard:
     async def _mutate(
         self, alias: Alias, action: str, reason: str, change: Callable[[Alias], Alias]
     ) -> bool:
-        self._acted[(alias.tenant, alias.alias)] = alias.revision
+        key = (alias.tenant, alias.alias)
         try:
             await self._store.mutate_alias(
                 alias.tenant,
@@ -156,8 +156,12 @@ class CanaryGuard:
                 actor=ACTOR,
             )
         except RevisionConflict:
-            return False  # someone else moved it first: their state is judged next pass
-        await self._watcher.refresh()  # stop routing to the canary here without waiting
+            self._acted[key] = alias.revision  # someone else moved it first: judge their state
+            return False
+        # RegistryUnavailable propagates before this line: the same revision is tried next pass.
+        self._acted[key] = alias.revision
+        with contextlib.suppress(RegistryError):
+            await self._watcher.refresh()  # stop routing to the canary here without waiting
         return True
 
     def _prune(self, state: RegistryState) -> None:

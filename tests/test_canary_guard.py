@@ -16,9 +16,11 @@ from gateway.analysis import CanaryConfig, Windows
 from gateway.canary import ACTOR, CanaryGuard
 from gateway.metrics import GatewayMetrics
 from registry import rollout
+from registry.errors import RegistryUnavailable
 from registry.models import Alias, Thresholds
 from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
+from tests.fixtures.redis import RedisServer
 
 THRESHOLDS = Thresholds(min_requests=10, max_error_rate_delta=0.05)
 
@@ -162,6 +164,31 @@ async def test_a_human_moving_first_makes_the_guard_lose_quietly(
     await gw.watcher.refresh()  # revision 3 arrives: still bad, so it is rolled back now
     (action,) = await gw.guard.tick()
     assert (action.action, action.won) == ("auto_rollback", True)
+
+
+async def test_an_unreachable_registry_is_retried_on_the_next_pass(
+    redis_private: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_private.url, socket_timeout=1, socket_connect_timeout=1)
+    store = RegistryStore(client, b"guard-test", timeout=0.5)
+    await _seed(store)
+    gw = Gateway(store, client, CanaryConfig())
+    await gw.watcher.start()
+    try:
+        gw.traffic("stable", "support-r1", 20)
+        gw.traffic("canary", "support-r2", 20, failed=20)
+        redis_private.freeze()
+        try:
+            with pytest.raises(RegistryUnavailable):
+                await gw.guard.tick()
+        finally:
+            redis_private.thaw()
+        (action,) = await gw.guard.tick()  # the same revision is tried again, and wins
+        assert (action.action, action.won) == ("auto_rollback", True)
+        assert (await store.get_alias("acme", "support")).canary is None
+    finally:
+        await gw.watcher.stop()
+        await client.aclose()
 
 
 async def test_auto_promotion_after_a_clean_window_is_opt_in(
