@@ -21,6 +21,7 @@ An evaluation set (the release's `eval`):
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,15 +30,18 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from adapters.errors import AdapterError
 from gateway.errors import ApiError
 from gateway.guard import conforms
 from gateway.render import Limits, Rendering, parse_chat_request, render_engine_body
 from gateway.state import AppState
 from gateway.upstream import UpstreamError, UpstreamFailed, open_chat
+from registry.errors import RegistryError
 from registry.models import Alias, Release
 from registry.secrets import cache_salt
 
 DEFAULT_MAX_TOKENS = 64
+log = logging.getLogger("loragate.evaluation")
 
 
 class _Model(BaseModel):
@@ -247,7 +251,11 @@ async def eval_passes(state: AppState, alias: Alias) -> bool:
     release = state.watcher.state.release(alias.tenant, alias.canary)
     if release is None:
         return False
-    report = await run_release_eval(state, release)
+    try:
+        report = await run_release_eval(state, release)
+    except (ApiError, AdapterError, RegistryError) as exc:
+        log.warning("evaluation of %s/%s could not run: %s", alias.tenant, release.id, exc.code)
+        return False
     return report is None or report.passed
 
 
