@@ -127,6 +127,8 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         version="0.1.0",
         description="OpenAI-compatible multi-tenant LoRA gateway in front of vLLM.",
         lifespan=lifespan,
+        # loragate exports its own metrics; OpenTelemetry hooks would cost time on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.include_router(tenant_api.router)
     app.include_router(admin_api.router)
