@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures.faultproxy",
     "tests.fixtures.fake_engine",
     "tests.fixtures.gateway",  # last: it imports the fixtures above
+    "tests.fixtures.inprocess",  # after gateway: it reuses SeededTenant
 ]
 
 
