@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Route
 
 from adapters.errors import AdapterError
 from gateway import admin_api, canary, tenant_api
@@ -53,7 +54,10 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             socket_connect_timeout=settings.redis_timeout_s * 4,
             health_check_interval=5,
         )
-        store = RegistryStore(redis, secret, timeout=max(settings.redis_timeout_s, 0.05))
+        # Admin writes, snapshot loads and the canary guard are off the request path: a burst of 50
+        # concurrent admin writers queues for more than one redis_timeout_s on a busy core and got
+        # 503s (tests/test_reliability_gateway.py R7), so they get the client's socket budget.
+        store = RegistryStore(redis, secret, timeout=max(settings.redis_timeout_s * 4, 0.05))
         watcher = SnapshotWatcher(
             store,
             redis,
@@ -81,7 +85,6 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
                 queue_size=settings.engine_queue_size,
                 health_interval_s=settings.health_interval_s,
             ),
-            on_change=lambda p: _pool_gauges(metrics, p),
             on_route=metrics.count_adapter_request,
         )
         state = AppState(
@@ -131,12 +134,18 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.include_router(tenant_api.router)
+    # The hot route, matched before FastAPI's routing (no dependency solving per request); the
+    # APIRoute of the same path stays for the OpenAPI schema.
+    app.router.routes.insert(
+        0, Route("/v1/chat/completions", tenant_api.chat_completions, methods=["POST"])
+    )
     app.include_router(admin_api.router)
     _install_error_handlers(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(request: Request) -> Response:
         state: AppState = request.app.state.lg
+        _pool_gauges(state.metrics, state.pool)  # at scrape time, not on every acquire/release
         state.metrics.set_registry_state(
             redis_up=state.watcher.redis_ok, epoch=state.watcher.state.epoch
         )
