@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 from tests.fixtures.inprocess import InProcessFactory
 
@@ -47,7 +47,7 @@ async def test_s6_oversized_and_over_limit_requests_never_reach_the_engine(
     r = await gw.client.post(url, content=_chunks(3 * MB), headers=lying)
     expect.append(("payload_too_large", r))
     # fields over the limits
-    for body, code in [
+    over: list[tuple[dict[str, Any], str]] = [
         ({"max_tokens": 65}, "max_tokens_exceeds_limit"),
         ({"max_completion_tokens": 10**9}, "max_tokens_exceeds_limit"),
         ({"n": 2}, "invalid_request"),
@@ -57,7 +57,8 @@ async def test_s6_oversized_and_over_limit_requests_never_reach_the_engine(
         ({"max_tokens": 0}, "invalid_request"),
         ({"max_tokens": True}, "invalid_request"),
         ({"temperature": float("inf")}, "invalid_request"),
-    ]:
+    ]
+    for body, code in over:
         full = {"model": "chat", "messages": _msgs(), **body}
         r = await gw.client.post(url, content=json.dumps(full), headers=auth)
         expect.append((code, r))
