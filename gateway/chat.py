@@ -39,6 +39,7 @@ from gateway.sse import (
 from gateway.state import AppState
 from gateway.upstream import UpstreamError, UpstreamFailed, open_chat
 from registry.canary import select_arm
+from registry.errors import RegistryUnavailable
 from registry.models import AdapterVersion, ApiKey, Arm, Release, Tenant
 from registry.secrets import cache_salt, hash_key
 from registry.snapshot import RegistryState
@@ -80,19 +81,27 @@ def new_request_id() -> str:
     return "req-" + os.urandom(12).hex()
 
 
-def authenticate(state: AppState, authorization: str | None) -> tuple[Tenant, ApiKey]:
+async def authenticate(state: AppState, authorization: str | None) -> tuple[Tenant, ApiKey]:
+    """Known keys are answered from the snapshot (no Redis call). A key the snapshot does not know
+    is asked of Redis once, under the store's hard timeout: it may have been issued a moment ago
+    on another gateway process. When Redis cannot answer, the caller gets 503, never 401."""
     if not authorization or not authorization.startswith("Bearer "):
         raise ApiError("invalid_api_key", "Missing or malformed API key.")
     token = authorization[7:].strip()
     if not token or len(token) > 256:
         raise ApiError("invalid_api_key", "Invalid API key.")
     snapshot = state.watcher.state
-    record = snapshot.tenant_for_key(hash_key(state.hmac_secret, token))
+    key_hmac = hash_key(state.hmac_secret, token)
+    record = snapshot.tenant_for_key(key_hmac)
     if record is None:
-        if not state.watcher.redis_ok:
-            # We cannot tell an unknown key from one issued while Redis was out of reach.
-            raise ApiError("auth_backend_unavailable", "Key verification is unavailable; retry.")
-        raise ApiError("invalid_api_key", "Invalid API key.")
+        try:
+            record = await state.store.find_key(key_hmac)
+        except RegistryUnavailable:
+            raise ApiError(
+                "auth_backend_unavailable", "Key verification is unavailable; retry."
+            ) from None
+        if record is None or record.revoked:
+            raise ApiError("invalid_api_key", "Invalid API key.")
     tenant = snapshot.tenants.get(record.tenant)
     if tenant is None:
         raise ApiError("invalid_api_key", "Invalid API key.")
@@ -143,7 +152,7 @@ def resolve(state: AppState, snapshot: RegistryState, call: Call, chat: ChatRequ
         defaults=defaults,
         response_schema=prompt.response_schema if prompt is not None else None,
         cache_salt=cache_salt(state.hmac_secret, call.tenant.id),
-        max_tokens_cap=call.tenant.limits.max_tokens,
+        max_tokens_cap=call.tenant.limits.max_tokens or state.settings.default_max_tokens_cap,
     )
 
 
@@ -166,7 +175,7 @@ async def handle_chat(state: AppState, request: Request) -> Response:
     call.headers["x-request-id"] = call.request_id
     relayed = False
     try:
-        call.tenant, call.key = authenticate(state, request.headers.get("authorization"))
+        call.tenant, call.key = await authenticate(state, request.headers.get("authorization"))
         raw = await read_body(request, state.settings.max_body_bytes)
         try:
             body = orjson.loads(raw)
@@ -175,7 +184,7 @@ async def handle_chat(state: AppState, request: Request) -> Response:
         limits = Limits(
             max_messages=state.settings.max_messages,
             max_n=state.settings.max_n,
-            max_tokens_cap=call.tenant.limits.max_tokens,
+            max_tokens_cap=call.tenant.limits.max_tokens or state.settings.default_max_tokens_cap,
         )
         chat = parse_chat_request(body, limits)
         rendering = resolve(state, state.watcher.state, call, chat)

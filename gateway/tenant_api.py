@@ -69,7 +69,7 @@ async def list_models(request: Request) -> Response:
     state: AppState = request.app.state.lg
     headers = {"x-request-id": new_request_id()}
     try:
-        tenant, _ = authenticate(state, request.headers.get("authorization"))
+        tenant, _ = await authenticate(state, request.headers.get("authorization"))
     except ApiError as exc:
         return exc.to_response(headers)
     snapshot = state.watcher.state

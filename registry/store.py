@@ -235,6 +235,12 @@ class RegistryStore:
             raise NotFound(f"tenant {tenant_id!r} not found")
         return _parse(Tenant, raw)
 
+    async def find_key(self, key_hmac: str) -> ApiKey | None:
+        """One key by its HMAC, straight from Redis (for keys newer than a snapshot)."""
+        async with self._guard():
+            raw = await self._hget(self.keyspace.keys, key_hmac)
+        return None if raw is None else _parse(ApiKey, raw)
+
     async def list_tenants(self) -> list[Tenant]:
         async with self._guard():
             raw: Mapping[Any, Any] = await self._redis.hgetall(self.keyspace.tenants)
