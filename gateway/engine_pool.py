@@ -189,6 +189,13 @@ class EnginePool:
         try:
             if adapter is not None:
                 await self.ensure_resident(replica, adapter)
+        except EngineUnavailable:
+            # Unreachable or busy: treat it as down until the next probe says otherwise, so the
+            # caller's retry goes to another replica instead of the same one again.
+            self.release(lease)
+            replica.healthy = False
+            self.report_failure(replica)
+            raise
         except BaseException:
             self.release(lease)
             raise

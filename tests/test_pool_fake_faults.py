@@ -12,6 +12,7 @@ import pytest
 
 from tests.fixtures.fake_engine import FakeEngineFactory, Step
 from tests.fixtures.gateway import GatewayFactory
+from tests.fixtures.models import TinyModels
 from tests.fixtures.traffic import (
     auth,
     chat_body,
@@ -150,3 +151,25 @@ def test_disconnect_while_engine_holds_the_request_reaches_the_engine(
     fake.wait_until(lambda e: e.disconnects == 1, timeout=5)
     wait_for(lambda: metric(gw.url, "loragate_engine_in_flight", engine="engine-0") == 0, 5)
     assert fake.active == 0
+
+
+def test_adapter_load_failure_is_retried_on_another_replica(
+    gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory, tiny_models: TinyModels
+) -> None:
+    """A replica that cannot load the adapter (down, busy) must not get the retry as well."""
+    dying, healthy = fake_engine(), fake_engine()
+    gw = gateway_factory(engines=[dying.url, healthy.url])
+    tenant = gw.seed_tenant("loader", adapter=tiny_models.adapter_relpaths[0])
+    gw.wait_ready()
+    assert len(dying.loaded) == 1  # preloaded at release creation (ties break by name)
+    dying.load_status = 503
+    dying.forget_adapters()  # as after a restart: the adapter has to be loaded again
+    wait_for(lambda: metric(gw.url, "loragate_engine_resident_adapters", engine="engine-0") == 0, 5)
+    response = httpx.post(
+        gw.url + "/v1/chat/completions", json=chat_body("chat"), headers=auth(tenant.api_key),
+        timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert response.headers["x-loragate-engine"] == "engine-1"
+    assert len(healthy.loaded) == 1
+    assert not dying.requests
