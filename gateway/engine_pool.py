@@ -192,9 +192,9 @@ class EnginePool:
         except EngineUnavailable:
             # Unreachable or busy: treat it as down until the next probe says otherwise, so the
             # caller's retry goes to another replica instead of the same one again.
-            self.release(lease)
             replica.healthy = False
             self.report_failure(replica)
+            self.release(lease)  # after: its change callback sees the replica down
             raise
         except BaseException:
             self.release(lease)
@@ -224,6 +224,7 @@ class EnginePool:
     def forget(self, replica: Replica, engine_name: str) -> None:
         """The engine no longer has the adapter (it answered 404): load it again next time."""
         replica.resident.pop(engine_name, None)
+        self._changed()
 
     async def _acquire(
         self, engine_name: str | None, exclude: frozenset[str], *, count: bool = True
@@ -306,6 +307,7 @@ class EnginePool:
                 with contextlib.suppress(EngineLoadFailed, EngineUnavailable):
                     await unload_adapter(self.session, replica.url, engine_name)
                 replica.resident.pop(engine_name, None)
+                self._changed()
 
     # -- passive health --------------------------------------------------------------------------
     def report_failure(self, replica: Replica) -> None:
