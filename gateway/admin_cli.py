@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,10 @@ def _run(args: argparse.Namespace) -> int:
         return _eval(args)
     elif action == "audit":
         data = _call(args, "GET", "/audit", tenant=args.tenant, count=args.count)
+        if not args.json:
+            for entry in data:
+                stamp = float(entry.get("time") or 0)
+                entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
         _print(args, data, ["time", "actor", "action", "tenant", "target", "reason"])
     return 0
 
