@@ -3,8 +3,8 @@ and the same replica restarted getting adapters back without operator action.
 
 A stream in flight on the killed replica ends with one SSE error event; a non-streaming request
 in flight there had received nothing yet (vLLM sends headers with the body) and is retried on the
-survivor. engine-0 is this test's own engine (it gets killed); engine-1 is the session engine. Ties break by
-replica name, so a first placement lands on engine-0.
+survivor. engine-0 is this test's own engine (it gets killed); engine-1 is the session engine.
+Ties break by replica name, so a first placement lands on engine-0.
 """
 
 from __future__ import annotations
