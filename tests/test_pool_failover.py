@@ -84,7 +84,8 @@ def test_affinity_failover_and_restart_with_two_real_engines(
 
     # Kill engine-0 by pid while a stream and a non-streaming request are in flight on it.
     sock = open_raw_chat(gw.url, alpha.api_key, chat_body("chat", stream=True, max_tokens=1500))
-    plain = open_raw_chat(gw.url, alpha.api_key, chat_body("chat", max_tokens=1500))
+    # Short enough that its retry ends quickly on a busy machine, long enough to be in flight.
+    plain = open_raw_chat(gw.url, alpha.api_key, chat_body("chat", max_tokens=400))
     with contextlib.closing(sock), contextlib.closing(plain):
         head = read_until(sock, b"data: ", count=3)
         assert b"x-loragate-engine: engine-0" in head
