@@ -267,8 +267,8 @@ def test_redis_outage_keeps_known_tenants_served(
     assert write.status_code == 503
     assert write.json()["error"]["code"] == "registry_unavailable"
     assert time.monotonic() - started < 5
-    ready = httpx.get(gw.url + "/readyz").json()
-    assert ready["redis_ok"] is False
+    # The watcher notices on its next epoch poll (every 0.5 s).
+    _wait(lambda: httpx.get(gw.url + "/readyz").json()["redis_ok"] is False, "redis_ok false", 5)
     assert httpx.get(gw.url + "/healthz").status_code == 200
     redis_private.start()
     _wait(lambda: httpx.get(gw.url + "/readyz").json()["redis_ok"], "resync after restart", 10)
