@@ -48,11 +48,17 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         secret = settings.key_hmac_secret.get_secret_value().encode()
         if not secret:
             raise RuntimeError("LORAGATE_KEY_HMAC_SECRET must be set")
-        redis = aioredis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout_s * 4,
-            socket_connect_timeout=settings.redis_timeout_s * 4,
-            health_check_interval=5,
+        # A bounded pool that makes callers wait for a connection (within the call's own timeout)
+        # instead of failing: a burst of limited-tenant admissions must queue, not fall back.
+        redis = aioredis.Redis.from_pool(  # the client owns the pool: aclose() closes it
+            aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                timeout=settings.redis_timeout_s * 4,
+                socket_timeout=settings.redis_timeout_s * 4,
+                socket_connect_timeout=settings.redis_timeout_s * 4,
+                health_check_interval=5,
+            )
         )
         # Admin writes, snapshot loads and the canary guard are off the request path: a burst of 50
         # concurrent admin writers queues for more than one redis_timeout_s on a busy core and got

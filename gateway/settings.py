@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     port: int = 8000
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.25
+    redis_max_connections: int = 128
     admin_token: SecretStr = SecretStr("")
     key_hmac_secret: SecretStr = SecretStr("")
 

@@ -135,7 +135,15 @@ def test_every_rule_evaluates_cleanly(
     assert len(rules) == 44
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     # The recorded P95 per tenant, model, release and arm exists for all four combinations.
-    p95 = prom.query("tenant_model_release_arm:loragate_request_duration_seconds:p95_5m")
+    expr = "tenant_model_release_arm:loragate_request_duration_seconds:p95_5m"
+    expected = {(t, a) for t in TENANTS for a in ("stable", "canary")}
+
+    def all_arms(result: dict[str, Any]) -> bool:
+        return {
+            (s["metric"]["tenant"], s["metric"]["arm"]) for s in result["data"]["result"]
+        } == expected
+
+    p95 = prom.query_until(expr, all_arms, timeout=30)  # the rule's next evaluation, bounded
     arms = {(s["metric"]["tenant"], s["metric"]["arm"]) for s in p95["data"]["result"]}
     assert arms == {(t, a) for t in TENANTS for a in ("stable", "canary")}
     for handle in held:
