@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
-from gateway.errors import ApiError, from_domain, model_not_found
+from gateway.errors import ApiError, from_domain, model_not_found, status_of
 from gateway.guard import OutputGuard, Verdict
 from gateway.limits import Reservation, estimate_prompt_tokens
 from gateway.render import ChatRequest, Limits, Rendering, parse_chat_request, render_engine_body
@@ -463,30 +463,14 @@ def _record_guard(state: AppState, call: Call, verdict: Verdict) -> None:
 def _finish(state: AppState, call: Call, code: str) -> None:
     """Meter the request once, whatever its outcome."""
     duration = time.perf_counter() - call.started
-    if code == "ok":
-        status = "ok"
-    elif code == "cancelled":
-        status = "cancelled"
-    elif code in {
-        "engine_error",
-        "engine_unavailable",
-        "overloaded",
-        "internal_error",
-        "schema_violation",
-        "adapter_load_failed",
-        "auth_backend_unavailable",
-        "registry_unavailable",
-    }:
-        status = "server_error"
+    if code in ("ok", "cancelled"):
+        status = code
     else:
-        status = "client_error"
+        status = "server_error" if status_of(code) >= 500 else "client_error"
     cost = 0.0
     if call.tenant is not None:
         price = state.settings.price_for(call.tenant.plan)
-        cost = (
-            call.prompt_tokens * price.prompt_per_1k
-            + call.completion_tokens * price.completion_per_1k
-        ) / 1000.0
+        cost = price.cost(call.prompt_tokens, call.completion_tokens)
     if call.reservation is not None:
         state.limiter.settle(call.reservation, call.prompt_tokens, call.completion_tokens, cost)
     state.metrics.observe_request(

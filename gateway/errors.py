@@ -61,6 +61,12 @@ CODES: dict[str, tuple[int, str]] = {
     "internal_error": (500, "api_error"),
 }
 
+
+def status_of(code: str) -> int:
+    """The HTTP status of an error code; codes outside the table are 500s."""
+    return CODES.get(code, (500, "api_error"))[0]
+
+
 RETRY_AFTER_CODES = {
     "rate_limited": 1,
     "concurrency_limited": 1,
@@ -82,7 +88,7 @@ class ApiError(Exception):
 
     @property
     def status(self) -> int:
-        return CODES.get(self.code, (500, "api_error"))[0]
+        return status_of(self.code)
 
     @property
     def type(self) -> str:

@@ -276,7 +276,7 @@ class Limiter:
             )
         completion = max_tokens if max_tokens is not None else self._default_max_tokens
         price = self._price_for(tenant.plan)
-        cost = (prompt_tokens * price.prompt_per_1k + completion * price.completion_per_1k) / 1000
+        cost = price.cost(prompt_tokens, completion)
         handle = Reservation(
             tenant.id, request_id, quota, "remote", tokens=prompt_tokens + completion, cost=cost
         )

@@ -23,6 +23,11 @@ class Price(BaseModel):
     prompt_per_1k: float = 0.0
     completion_per_1k: float = 0.0
 
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.prompt_per_1k + completion_tokens * self.completion_per_1k
+        ) / 1000
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAGATE_", extra="forbid")
