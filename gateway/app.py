@@ -92,6 +92,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
                 health_interval_s=settings.health_interval_s,
             ),
             on_route=metrics.count_adapter_request,
+            on_load=metrics.count_adapter_load,
         )
         state = AppState(
             settings=settings,

@@ -91,15 +91,18 @@ class EnginePool:
         *,
         on_change: Callable[[EnginePool], None] | None = None,
         on_route: Callable[[bool], None] | None = None,
+        on_load: Callable[[str, str], None] | None = None,
     ) -> None:
         """`on_change` runs after every state change (gauges); `on_route(hit)` once per adapter
-        request routed, so the adapter-miss rate is measured where the decision is made."""
+        request routed, so the adapter-miss rate is measured where the decision is made;
+        `on_load(replica, "ok" | "error")` once per load call made to an engine."""
         self.replicas = [Replica(f"engine-{i}", url.rstrip("/")) for i, url in enumerate(urls)]
         self._by_name = {r.name: r for r in self.replicas}
         self.session = session
         self.config = config
         self._on_change = on_change
         self._on_route = on_route
+        self._on_load = on_load
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.hits = 0
@@ -279,7 +282,12 @@ class EnginePool:
             await asyncio.to_thread(verify_digest, local, adapter.digest)
             await self._evict_for_one(replica)
             engine_path = str(self.config.engine_adapter_root / adapter.path)
-            await load_adapter(self.session, replica.url, name, engine_path)
+            try:
+                await load_adapter(self.session, replica.url, name, engine_path)
+            except BaseException:
+                self._loaded(replica, "error")
+                raise
+            self._loaded(replica, "ok")
             replica.resident[name] = adapter
             log.info("loaded adapter on %s", replica.name)
             self._changed()
@@ -329,6 +337,10 @@ class EnginePool:
         replica.failures = 0
         if replica.ejections and time.monotonic() >= replica.ejected_until:
             replica.ejections = 0
+
+    def _loaded(self, replica: Replica, result: str) -> None:
+        if self._on_load is not None:
+            self._on_load(replica.name, result)
 
     def _changed(self) -> None:
         if self._on_change is not None:
