@@ -443,9 +443,15 @@ class GatewayMetrics:
     # -- rollouts and budgets -------------------------------------------------------------------
 
     def set_canary_weight(self, tenant: str, model: str, weight: float) -> None:
-        """Ignored for unregistered aliases: a gauge for "unknown" would mean nothing."""
+        """Ignored for unregistered aliases: a gauge for "unknown" would mean nothing.
+
+        The app sets it for every alias on each snapshot change, so the alias's auto-rollback
+        counter is exported here too, at 0 until the first rollback: "none yet" is a value on a
+        dashboard and in `increase()`, not a gap.
+        """
         if (tenant, model) in self._universe.models:
             self._canary_weight.get((tenant, model)).set(weight)
+            self._auto_rollbacks.get((tenant, model))
 
     def count_auto_rollback(self, tenant: str, model: str) -> None:
         t, m, _ = bound(self._universe, tenant, model, UNKNOWN)

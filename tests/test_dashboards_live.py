@@ -3,6 +3,11 @@
 The gateway is not needed: a tiny HTTP endpoint serves `GatewayMetrics.render()` and feeds one
 more batch of synthetic observations (two tenants, both arms) before each scrape, so rates are
 never zero. A query passes when it parses and returns at least one non-NaN sample.
+
+tests/test_dashboards_gateway.py runs the same queries against a real gateway under load; this
+synthetic one stays because it is fast (no engine) and feeds series a short clean run cannot
+produce: server errors (non-zero error ratios), auto rollbacks counted, two engines, adapter load
+errors.
 """
 
 from __future__ import annotations

@@ -237,3 +237,14 @@ def test_two_instances_do_not_share_state() -> None:
         b.get_sample_value("loragate_errors_total", {"tenant": "acme", "code": "rate_limited"})
         is None
     )
+
+
+def test_a_registered_alias_exports_its_rollback_counter_at_zero(
+    metrics: GatewayMetrics, registry: CollectorRegistry
+) -> None:
+    labels = {"tenant": "acme", "model": "support"}
+    assert registry.get_sample_value("loragate_auto_rollbacks_total", labels) is None
+    metrics.set_canary_weight("acme", "support", 0.0)  # what the app does on a snapshot change
+    assert registry.get_sample_value("loragate_auto_rollbacks_total", labels) == 0
+    metrics.set_canary_weight("acme", "nope", 0.0)
+    assert b'model="nope"' not in metrics.render()[0]
