@@ -163,7 +163,7 @@ class EnginePool:
                 available=r.available(now),
                 in_flight=r.in_flight,
                 cap=self.config.max_concurrency,
-                resident=frozenset(r.resident),
+                resident=r.resident.keys(),  # a live view: read within this call only
                 slots=slots,
             )
             for r in self.replicas

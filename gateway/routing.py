@@ -8,21 +8,21 @@ the choice is deterministic for tests and simulations.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReplicaView:
     name: str
     available: bool  # healthy and not ejected
     in_flight: int
     cap: int
-    resident: frozenset[str]
+    resident: Collection[str]  # engine adapter names loaded there
     slots: int  # how many adapters it can keep resident before evicting
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Choice:
     replica: str
     miss: bool  # the adapter has to be loaded there first

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.chat import authenticate, handle_chat, new_request_id
 from gateway.errors import ApiError
@@ -60,8 +61,19 @@ router = APIRouter(prefix="/v1", tags=["openai"])
     response_model=None,
 )
 async def chat_completions(request: Request) -> Response:
-    state: AppState = request.app.state.lg
-    return await handle_chat(state, request)
+    """Documents the route; `gateway.app.Gateway` serves it as raw ASGI before routing."""
+    return _RawChat(request.app.state.lg)
+
+
+class _RawChat(Response):
+    """Hands the exchange to the raw ASGI handler (reached only if the fast path is bypassed)."""
+
+    def __init__(self, state: AppState) -> None:
+        super().__init__()
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await handle_chat(self._state, scope, receive, send)
 
 
 @router.get("/models", response_model=None)

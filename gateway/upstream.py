@@ -7,10 +7,14 @@ connection failed, or the engine answered 5xx before the first byte of the body.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.payload import BytesPayload
+
+_JSON = "application/json"
 
 
 class UpstreamFailed(Exception):
@@ -38,15 +42,11 @@ async def open_chat(
     The caller owns the response: `release()` after a clean end, `close()` to abort the engine
     request (vLLM aborts generation when its client connection drops).
     """
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=read_timeout
-    )
     try:
         response = await session.post(
             url + "/v1/chat/completions",
-            data=orjson.dumps(body),
-            headers={"content-type": "application/json"},
-            timeout=timeout,
+            data=BytesPayload(orjson.dumps(body), content_type=_JSON),
+            timeout=_timeout(connect_timeout, read_timeout),
         )
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise UpstreamFailed(type(exc).__name__) from None
@@ -61,6 +61,11 @@ async def open_chat(
     if response.status >= 500:
         raise UpstreamFailed(f"status {response.status}")
     raise UpstreamError(response.status, _message_of(raw))
+
+
+@lru_cache(maxsize=16)
+def _timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
 
 
 def _message_of(raw: bytes) -> str:

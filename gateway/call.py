@@ -1,0 +1,96 @@
+"""One tenant request on its way through the gateway, and the single place it is metered.
+
+    call = Call(request_id=new_request_id(), started=time.perf_counter())
+    ...
+    finish(state, call, "ok")        # idempotent: the first outcome wins
+
+Labels are registered ids only (`unknown` until the pipeline has resolved them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from gateway.errors import status_of
+from gateway.guard import Verdict
+from gateway.limits import Reservation
+from gateway.state import AppState
+from registry.models import AdapterVersion, ApiKey, Arm, Release, Tenant
+
+
+@dataclass(slots=True)
+class Call:
+    request_id: str
+    started: float
+    tenant: Tenant | None = None
+    key: ApiKey | None = None
+    alias: str = "unknown"
+    release: Release | None = None
+    arm: Arm = "stable"
+    adapter: AdapterVersion | None = None
+    overhead: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    reservation: Reservation | None = None  # tenant limits; settled once in finish()
+    verdict: Verdict = field(default_factory=Verdict)  # output checks, for the canary windows
+    responded: bool = False  # the response has started: errors can only be stream events now
+    finished: bool = False
+
+    @property
+    def release_id(self) -> str:
+        return self.release.id if self.release is not None else "unknown"
+
+    @property
+    def tenant_id(self) -> str:
+        return self.tenant.id if self.tenant is not None else "unknown"
+
+
+def new_request_id() -> str:
+    return "req-" + os.urandom(12).hex()
+
+
+def record_guard(state: AppState, call: Call, verdict: Verdict) -> None:
+    call.verdict = verdict
+    if verdict.refusal:
+        state.metrics.count_refusal(call.tenant_id, call.alias, call.release_id, call.arm)
+    if verdict.schema_violation:
+        state.metrics.count_schema_violation(call.tenant_id, call.alias, call.release_id, call.arm)
+
+
+def finish(state: AppState, call: Call, code: str) -> None:
+    """Meter the request once, whatever its outcome; settle its limits reservation."""
+    if call.finished:
+        return
+    call.finished = True
+    duration = time.perf_counter() - call.started
+    if code in ("ok", "cancelled"):
+        status = code
+    else:
+        status = "server_error" if status_of(code) >= 500 else "client_error"
+    cost = 0.0
+    if call.tenant is not None:
+        price = state.settings.price_for(call.tenant.plan)
+        cost = price.cost(call.prompt_tokens, call.completion_tokens)
+    if call.reservation is not None:
+        state.limiter.settle(call.reservation, call.prompt_tokens, call.completion_tokens, cost)
+    state.metrics.observe_request(
+        tenant=call.tenant_id,
+        model=call.alias,
+        release=call.release_id,
+        arm=call.arm,
+        status=status,
+        duration_s=duration,
+        overhead_s=call.overhead,
+        prompt_tokens=call.prompt_tokens,
+        completion_tokens=call.completion_tokens,
+        cost=cost,
+    )
+    state.canary_windows.observe(
+        call.tenant_id, call.alias, call.arm, call.release_id, status, duration,
+        call.verdict.refusal, call.verdict.schema_violation,
+    )  # fmt: skip
+    if status != "ok":
+        state.metrics.count_error(call.tenant_id, code)
