@@ -106,6 +106,8 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
     try:
         headers = header_map(scope)
         call.tenant, call.key = await authenticate(state, headers.get("authorization"))
+        if state.pool.shedding():  # refuse a burst before parsing it (metered without an alias)
+            raise ApiError("overloaded", "The gateway is at capacity; retry shortly.")
         raw = await read_body(receive, state.settings.max_body_bytes, headers.get("content-length"))
         try:
             body = orjson.loads(raw)

@@ -169,6 +169,15 @@ class EnginePool:
             for r in self.replicas
         ]
 
+    def shedding(self) -> bool:
+        """The wait queue is full and no replica has a free slot: a new request would be refused
+        as `overloaded`, so the caller can refuse it before doing any work for it."""
+        if len(self._waiters) < self.config.queue_size:
+            return False
+        now = time.monotonic()
+        cap = self.config.max_concurrency
+        return not any(r.available(now) and r.in_flight < cap for r in self.replicas)
+
     def any_available(self) -> bool:
         now = time.monotonic()
         return any(r.available(now) for r in self.replicas)
