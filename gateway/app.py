@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -223,7 +224,9 @@ def _label_universe(metrics: GatewayMetrics, state: Any) -> None:
 
 
 def _pool_gauges(metrics: GatewayMetrics, pool: EnginePool) -> None:
+    now = time.monotonic()
     for replica in pool.replicas:
+        metrics.set_engine_ejected(replica.name, now < replica.ejected_until)
         metrics.set_engine_in_flight(replica.name, replica.in_flight)
         metrics.set_engine_healthy(replica.name, replica.healthy)
         metrics.set_engine_resident_adapters(replica.name, len(replica.resident))

@@ -231,6 +231,9 @@ class GatewayMetrics:
                                      ("engine",))
         self._engine_adapters = gauge("loragate_engine_resident_adapters",
                                       "Adapters loaded on the replica.", ("engine",))
+        self._engine_ejected = gauge("loragate_engine_ejected",
+                                     "1 while the replica is ejected after consecutive failures "
+                                     "(healthy by probe, but taken out of routing).", ("engine",))
         self._adapter_loads = counter("loragate_adapter_loads",
                                       "Adapter load attempts by result (ok|error).",
                                       ("engine", "result"))
@@ -285,6 +288,7 @@ class GatewayMetrics:
         self._request_series: dict[tuple[str, ...], _RequestSeries] = {}
         self._by_engine: tuple[_AnyChildren, ...] = (
             self._engine_in_flight, self._engine_healthy, self._engine_adapters,
+            self._engine_ejected,
             self._adapter_loads,
         )  # fmt: skip
         self.set_engines(engines)
@@ -418,6 +422,9 @@ class GatewayMetrics:
 
     def set_engine_resident_adapters(self, engine: str, n: int) -> None:
         self._engine_adapters.get((self._engine(engine),)).set(n)
+
+    def set_engine_ejected(self, engine: str, ejected: bool) -> None:
+        self._engine_ejected.get((self._engine(engine),)).set(1 if ejected else 0)
 
     def count_adapter_load(self, engine: str, result: str) -> None:
         key = (self._engine(engine), bound_value(result, ADAPTER_LOAD_RESULTS))

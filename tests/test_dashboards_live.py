@@ -67,6 +67,7 @@ def feed(metrics: GatewayMetrics) -> None:
         metrics.set_engine_in_flight(engine, i + 1)
         metrics.set_engine_healthy(engine, True)
         metrics.set_engine_resident_adapters(engine, 2)
+        metrics.set_engine_ejected(engine, i == 1)
         metrics.count_adapter_load(engine, "ok")
     metrics.count_adapter_request(hit=True)
     metrics.count_adapter_request(hit=False)

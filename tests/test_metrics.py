@@ -116,6 +116,7 @@ def test_engine_pool_registry_rollouts_budgets(
     metrics.set_engine_healthy("replica-0", True)
     metrics.set_engine_healthy("replica-1", False)
     metrics.set_engine_resident_adapters("replica-1", 2)
+    metrics.set_engine_ejected("replica-1", True)
     metrics.count_adapter_load("replica-1", "ok")
     metrics.count_adapter_load("replica-1", "exploded")
     metrics.count_adapter_request(hit=True)
@@ -125,6 +126,7 @@ def test_engine_pool_registry_rollouts_budgets(
     assert get("loragate_engine_healthy", {"engine": "replica-0"}) == 1
     assert get("loragate_engine_healthy", {"engine": "replica-1"}) == 0
     assert get("loragate_engine_resident_adapters", {"engine": "replica-1"}) == 2
+    assert get("loragate_engine_ejected", {"engine": "replica-1"}) == 1
     assert get("loragate_adapter_loads_total", {"engine": "replica-1", "result": "ok"}) == 1
     assert get("loragate_adapter_loads_total", {"engine": "replica-1", "result": UNKNOWN}) == 1
     assert get("loragate_adapter_requests_total", {"result": "hit"}) == 2

@@ -76,6 +76,29 @@ def test_5xx_before_first_byte_is_retried_on_the_other_replica(
         assert response.json()["choices"][0]["message"]["content"] == "t0 t1 t2 t3 t4 "
 
 
+def test_a_replica_failing_in_a_row_is_ejected_and_exported_as_such(
+    gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory
+) -> None:
+    """Passive health: 3 consecutive 5xx eject engine-0 (its probe still passes, so `healthy`
+    stays 1 and `ejected` says why it gets no traffic); every client request still succeeds."""
+    broken, healthy = fake_engine(), fake_engine()
+    broken.default = Step("status", status=500)
+    gw = gateway_factory(engines=[broken.url, healthy.url])
+    tenant = gw.seed_tenant("ejector", adapter=None)
+    gw.wait_ready()
+    assert metric(gw.url, "loragate_engine_ejected", engine="engine-0") == 0
+    for _ in range(6):
+        response = httpx.post(
+            gw.url + "/v1/chat/completions", json=chat_body("chat"),
+            headers=auth(tenant.api_key), timeout=30,
+        )  # fmt: skip
+        assert response.status_code == 200, response.text
+    assert len(broken.requests) == 3  # then ejected: the next three went straight to engine-1
+    assert metric(gw.url, "loragate_engine_ejected", engine="engine-0") == 1
+    assert metric(gw.url, "loragate_engine_healthy", engine="engine-0") == 1
+    assert metric(gw.url, "loragate_engine_ejected", engine="engine-1") == 0
+
+
 def test_5xx_everywhere_is_a_clean_503(
     gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory
 ) -> None:

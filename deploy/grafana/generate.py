@@ -221,7 +221,10 @@ def engines() -> dict[str, Any]:
               [(f"sum by (engine, result) (rate(loragate_adapter_loads_total{rate}))",
                 "{{engine}} {{result}}")], "reqps"),
         panel("Replica health", [("min by (engine) (loragate_engine_healthy)", "{{engine}}")],
-              "bool", kind="state-timeline", width=24, height=6),
+              "bool", kind="state-timeline", width=12, height=6),
+        panel("Ejected replicas", [("max by (engine) (loragate_engine_ejected)", "{{engine}}")],
+              "bool", kind="state-timeline", width=12, height=6,
+              description="Taken out of routing after consecutive failures (backoff)."),
     ]  # fmt: skip
     return dashboard("loragate-engines", "loragate / Engines", panels, [])
 
