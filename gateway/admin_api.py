@@ -8,11 +8,12 @@ alias mutation is a compare-and-set on `expected_revision`; a rejected request w
 from __future__ import annotations
 
 import hmac
+import math
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters.artifact import validate_artifact
 from adapters.errors import EngineError
@@ -20,16 +21,67 @@ from gateway.errors import ApiError
 from gateway.evaluation import evaluate_alias, gate_promotion
 from gateway.state import AppState
 from registry import rollout
-from registry.models import NAME_RE, Alias, Flags, Limits, Thresholds
+from registry.models import NAME_PATTERN, NAME_RE, Alias, Flags, Limits, Thresholds
 from registry.refs import parse_ref
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        """Refuse what the registry cannot store and read back (422, nothing written): Python's
+        JSON parser accepts `NaN`, `1e400` (inf), integers of any size and lone surrogates;
+        orjson cannot encode the last two (was a 500), and writes NaN/inf as null, which made
+        a release or tenant record unreadable (and the snapshot with it)."""
+        for name, value in self.model_dump().items():
+            problem = unstorable(value)
+            if problem is not None:
+                raise ValueError(f"`{name}`: {problem}")
+        return self
+
+
+def unstorable(value: object) -> str | None:
+    """Why `value` (parsed JSON) cannot round-trip through the registry's JSON, or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if -(2**63) <= value < 2**64 else "integers must fit in 64 bits"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "numbers must be finite"
+    if isinstance(value, str):
+        return None if value.isascii() or _is_utf8(value) else "strings must be valid Unicode"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = unstorable(key) if isinstance(key, str) else "object keys must be strings"
+            if problem is None:
+                problem = unstorable(item)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            problem = unstorable(item)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
+
+
+def _documented_name() -> Any:
+    """The name rule in the schema only: `_name` checks it (422 `invalid_name`, not pydantic's)."""
+    return Field(json_schema_extra={"pattern": NAME_PATTERN})
+
 
 class TenantCreate(Body):
-    id: str
+    id: str = _documented_name()
     display_name: str = ""
     plan: str = "default"
     limits: Limits | None = None
@@ -64,7 +116,7 @@ class ReleaseCreate(Body):
 
 
 class CanaryBody(Body):
-    release: str
+    release: str = _documented_name()
     weight: float = Field(ge=0.0, le=1.0)
     expected_revision: int
     reason: str = ""

@@ -32,6 +32,7 @@ from gateway.engine_pool import EnginePool, PoolConfig
 from gateway.errors import ApiError, from_domain
 from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
+from gateway.openapi import install_openapi
 from gateway.settings import Settings
 from gateway.state import AppState
 from registry.errors import RegistryError
@@ -160,6 +161,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
     app.include_router(tenant_api.router)
     app.include_router(admin_api.router)
     _install_error_handlers(app)
+    install_openapi(app)  # the chat route, bearer schemes and error envelopes documented
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(request: Request) -> Response:

@@ -86,6 +86,13 @@ class ApiError(Exception):
     headers: dict[str, str] = field(default_factory=dict)
     retry_after: float | None = None
 
+    def __post_init__(self) -> None:
+        # `param` (and some messages) echo client input, e.g. an unknown admin field's name; the
+        # stdlib JSON parser lets lone surrogates through, which orjson cannot encode (was a 500).
+        self.message = _encodable(self.message)
+        if self.param is not None:
+            self.param = _encodable(self.param)
+
     @property
     def status(self) -> int:
         return status_of(self.code)
@@ -128,6 +135,16 @@ def model_not_found(alias: str) -> ApiError:
         f"The model `{_clip(alias)}` does not exist or you do not have access to it.",
         param="model",
     )
+
+
+def _encodable(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _clip(text: str, limit: int = 64) -> str:

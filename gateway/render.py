@@ -151,7 +151,7 @@ def _check_messages(value: object, limits: Limits) -> list[dict[str, Any]]:
         if not isinstance(message, dict):
             raise _bad("Each message must be an object.", param)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a dict or list is unhashable
             raise _bad(
                 "`role` must be one of system, developer, user, assistant, tool.", param + ".role"
             )
@@ -226,11 +226,8 @@ def parse_chat_request(body: object, limits: Limits) -> ChatRequest:
         fields["logprobs"] = body["logprobs"]
     response_format = body.get("response_format")
     if response_format is not None:
-        if not isinstance(response_format, dict) or response_format.get("type") not in {
-            "text",
-            "json_object",
-            "json_schema",
-        }:
+        rtype = response_format.get("type") if isinstance(response_format, dict) else None
+        if not isinstance(rtype, str) or rtype not in {"text", "json_object", "json_schema"}:
             raise _bad(
                 "`response_format.type` must be text, json_object or json_schema.",
                 "response_format",

@@ -18,7 +18,9 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN/inf would be written as JSON null and the record (and with it the whole snapshot) could
+    # not be read back.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Budget(Record):

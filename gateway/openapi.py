@@ -1,0 +1,470 @@
+"""The OpenAPI document at `/openapi.json`, made to say what the gateway really does.
+
+FastAPI derives the admin routes' request bodies from their models; this module adds what it cannot
+know: the chat completions operation (served by a raw Starlette route ahead of FastAPI's router, so
+it has no APIRoute to document), the two bearer schemes (tenant key, admin token), and for every
+operation the error statuses it can answer, each with the one error envelope of `gateway.errors`
+instead of FastAPI's `HTTPValidationError`, which loragate never sends.
+
+    app = FastAPI(...)
+    install_openapi(app)      # app.openapi() builds the document once, on first use
+
+The document is data built from tables (pure; no I/O). `tests/test_security_schemathesis.py`
+holds the gateway to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from gateway.errors import CODES, RETRY_AFTER_CODES
+from gateway.render import FORBIDDEN, NUMERIC, ROLES
+from registry.models import NAME_PATTERN
+
+TENANT_SCHEME = "TenantKey"
+ADMIN_SCHEME = "AdminToken"
+CHAT_PATH = "/v1/chat/completions"
+ADMIN_PREFIX = "/admin/v1/"
+
+SECURITY_SCHEMES: dict[str, Any] = {
+    TENANT_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A tenant API key, as the OpenAI SDK sends it.",
+    },
+    ADMIN_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The admin token (`LORAGATE_ADMIN_TOKEN`); a tenant key never opens it.",
+    },
+}
+
+_REF = "#/components/schemas/"
+
+ERROR_RESPONSE: dict[str, Any] = {
+    "title": "ErrorResponse",
+    "description": "The OpenAI error envelope; `code` is specific, `param` names the field.",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": "string", "enum": sorted(CODES)},
+            },
+        }
+    },
+}
+
+_USAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    "properties": {
+        "prompt_tokens": {"type": "integer", "minimum": 0},
+        "completion_tokens": {"type": "integer", "minimum": 0},
+        "total_tokens": {"type": "integer", "minimum": 0},
+    },
+}
+
+CHAT_COMPLETION: dict[str, Any] = {
+    "title": "ChatCompletion",
+    "description": "The engine's completion; `model` is the caller's alias, never an engine name.",
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "chat.completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "message"],
+                "properties": {
+                    "index": {"type": "integer", "minimum": 0},
+                    "message": {
+                        "type": "object",
+                        "required": ["role"],
+                        "properties": {
+                            "role": {"const": "assistant"},
+                            "content": {"type": ["string", "null"]},
+                        },
+                    },
+                    "finish_reason": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "usage": {"anyOf": [_USAGE, {"type": "null"}]},
+    },
+}
+
+CHAT_COMPLETION_CHUNK: dict[str, Any] = {
+    "title": "ChatCompletionChunk",
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "chat.completion.chunk"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "delta"],
+                "properties": {
+                    "index": {"type": "integer", "minimum": 0},
+                    "delta": {"type": "object"},
+                    "finish_reason": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "usage": {"anyOf": [_USAGE, {"type": "null"}]},
+    },
+}
+
+# One server-sent event (Open API before 3.2: the media type's schema describes each event).
+SSE_EVENT: dict[str, Any] = {
+    "title": "ChatCompletionEvent",
+    "description": (
+        "One `data:` event: a chunk, the usage chunk (`stream_options.include_usage`), "
+        "`[DONE]` at the end, or instead of `[DONE]` one error event when the stream fails."
+    ),
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"const": "message"},
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "anyOf": [
+                            {"$ref": _REF + "ChatCompletionChunk"},
+                            {"$ref": _REF + "ErrorResponse"},
+                        ]
+                    },
+                },
+            ]
+        },
+    },
+}
+
+MODEL_LIST: dict[str, Any] = {
+    "title": "ModelList",
+    "type": "object",
+    "required": ["object", "data"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "object", "created", "owned_by"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"const": "model"},
+                    "created": {"type": "integer"},
+                    "owned_by": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _sampling() -> dict[str, Any]:
+    """The numeric pass-through fields, with the bounds `gateway.render` enforces."""
+    out: dict[str, Any] = {}
+    for name, (kind, low, high) in NUMERIC.items():
+        kind_name = "integer" if kind is int else "number"
+        out[name] = _nullable({"type": kind_name, "minimum": low, "maximum": high})
+    out["n"]["description"] = "At most the gateway's `max_n` (1 by default); more is a 400."
+    return out
+
+
+_MESSAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"enum": sorted(ROLES)},
+        "content": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "null"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "text"],
+                        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                    },
+                },
+            ]
+        },
+        "name": {},
+        "tool_calls": {},
+        "tool_call_id": {},
+        "refusal": {},
+    },
+    "additionalProperties": False,
+    # `content` may be left out of assistant messages only.
+    "if": {"properties": {"role": {"const": "assistant"}}},
+    "else": {"required": ["content"]},
+}
+
+_STOP = {"type": "string", "minLength": 1, "maxLength": 256}
+
+CHAT_REQUEST: dict[str, Any] = {
+    "title": "ChatCompletionRequest",
+    "description": (
+        "OpenAI's chat request, as far as the gateway passes it on. Unknown fields are a 400 "
+        "`invalid_request`; fields that steer the engine ({}, ...) are a 400 "
+        "`forbidden_parameter`.".format(", ".join(sorted(FORBIDDEN)[:6]))
+    ),
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "description": "one of your model aliases"},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "description": "At most the gateway's `max_messages` (256 by default).",
+            "items": _MESSAGE,
+        },
+        "stream": _nullable({"type": "boolean"}),
+        "stream_options": _nullable(
+            {
+                "type": "object",
+                "properties": {"include_usage": {"type": "boolean"}},
+                "additionalProperties": False,
+            }
+        ),
+        "max_tokens": _nullable({"type": "integer", "minimum": 1}),
+        "max_completion_tokens": _nullable({"type": "integer", "minimum": 1}),
+        **_sampling(),
+        "stop": {
+            "anyOf": [_STOP, {"type": "array", "maxItems": 4, "items": _STOP}, {"type": "null"}]
+        },
+        "user": _nullable({"type": "string", "maxLength": 256}),
+        "logprobs": _nullable({"type": "boolean"}),
+        "response_format": _nullable(
+            {
+                "type": "object",
+                "required": ["type"],
+                "properties": {"type": {"enum": ["text", "json_object", "json_schema"]}},
+            }
+        ),
+        **{
+            name: {"type": "null", "description": "not supported: only null is accepted"}
+            for name in ("tools", "tool_choice", "parallel_tool_calls", "logit_bias")
+        },
+        **{
+            name: {"description": "accepted and ignored"}
+            for name in ("metadata", "store", "service_tier")
+        },
+    },
+    "additionalProperties": False,
+}
+
+_HELLO = [{"role": "user", "content": "Hello!"}]
+CHAT_EXAMPLES: dict[str, Any] = {
+    "completion": {"summary": "One answer", "value": {"model": "chat", "messages": _HELLO}},
+    "stream": {
+        "summary": "Streamed, with the usage chunk",
+        "value": {
+            "model": "chat",
+            "messages": _HELLO,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    },
+}
+
+STATUS_TEXT = {
+    400: "Invalid request: not JSON, or a field is wrong (`param` names it)",
+    401: "Missing or invalid credentials",
+    404: "Not found",
+    409: "Conflict (stale `expected_revision`, or the record exists)",
+    413: "Request body too large",
+    422: "Invalid body, name or artifact",
+    429: "Over a tenant limit",
+    502: "The engine failed, refused the adapter, or broke the release's output schema",
+    503: "No engine, registry or key backend available; retry",
+}
+
+# Statuses each operation can answer besides its success, beyond FastAPI's own 422.
+CHAT_ERRORS = (400, 401, 404, 413, 429, 502, 503)
+MODELS_ERRORS = (401, 503)
+ADMIN_ERRORS = (401, 503)  # every admin operation: the token, the registry
+ADMIN_EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
+    ("post", "/admin/v1/tenants"): (409, 422),
+    ("get", "/admin/v1/tenants"): (),
+    ("get", "/admin/v1/tenants/{tenant}"): (404, 422),
+    ("patch", "/admin/v1/tenants/{tenant}"): (404, 422),
+    ("post", "/admin/v1/tenants/{tenant}/keys"): (404, 422),
+    ("delete", "/admin/v1/tenants/{tenant}/keys/{key_id}"): (404, 422),
+    ("post", "/admin/v1/tenants/{tenant}/adapters/{adapter}/versions"): (404, 422),
+    ("post", "/admin/v1/tenants/{tenant}/prompts/{prompt}/versions"): (400, 404, 422),
+    ("post", "/admin/v1/tenants/{tenant}/models/{alias}/releases"): (400, 404, 422, 502),
+    ("get", "/admin/v1/tenants/{tenant}/models"): (404, 422),
+    ("get", "/admin/v1/tenants/{tenant}/models/{alias}"): (404, 422),
+    ("post", "/admin/v1/tenants/{tenant}/models/{alias}/canary"): (404, 409, 422, 502),
+    ("post", "/admin/v1/tenants/{tenant}/models/{alias}/promote"): (400, 404, 409, 422, 502, 503),
+    ("post", "/admin/v1/tenants/{tenant}/models/{alias}/eval"): (400, 404, 422, 502),
+    ("post", "/admin/v1/tenants/{tenant}/models/{alias}/rollback"): (404, 409, 422),
+    ("put", "/admin/v1/tenants/{tenant}/models/{alias}/flags"): (404, 409, 422),
+    ("get", "/admin/v1/audit"): (422,),
+}
+
+DOCUMENTED_SCHEMAS = (
+    ERROR_RESPONSE,
+    CHAT_REQUEST,
+    CHAT_COMPLETION,
+    CHAT_COMPLETION_CHUNK,
+    MODEL_LIST,
+)
+_RETRY_AFTER_STATUSES = frozenset(CODES[code][0] for code in RETRY_AFTER_CODES)
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve `build_openapi(app)` (built once) as the app's OpenAPI document."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+    )
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for schema in DOCUMENTED_SCHEMAS:
+        schemas[schema["title"]] = schema
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    components["securitySchemes"] = SECURITY_SCHEMES
+    paths: dict[str, dict[str, Any]] = doc.setdefault("paths", {})
+    paths[CHAT_PATH] = {"post": chat_operation()}
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if path.startswith(ADMIN_PREFIX):
+                _document_admin(method, path, operation)
+            elif path == "/v1/models" and method == "get":
+                _document_models(operation)
+    return doc
+
+
+def chat_operation() -> dict[str, Any]:
+    return {
+        "tags": ["openai"],
+        "summary": "Create a chat completion",
+        "description": (
+            "OpenAI-compatible. `model` is one of the caller's aliases; the gateway picks the "
+            "release (stable or canary), its adapter and system prompt. With `stream: true` the "
+            "answer is server-sent events ending in `data: [DONE]`; a failure after the stream "
+            "started ends it with one error event and no `[DONE]`."
+        ),
+        "operationId": "create_chat_completion",
+        "security": [{TENANT_SCHEME: []}],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": _REF + "ChatCompletionRequest"},
+                    "examples": CHAT_EXAMPLES,
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "The completion (JSON), or its stream (`stream: true`)",
+                "headers": _tenant_headers(200),
+                "content": {
+                    "application/json": {"schema": {"$ref": _REF + "ChatCompletion"}},
+                    "text/event-stream": {"schema": SSE_EVENT},
+                },
+            },
+            **_errors(CHAT_ERRORS, tenant=True),
+        },
+    }
+
+
+def _document_models(operation: dict[str, Any]) -> None:
+    operation["security"] = [{TENANT_SCHEME: []}]
+    operation["responses"] = {
+        "200": {
+            "description": "The caller's model aliases",
+            "headers": _tenant_headers(200),
+            "content": {"application/json": {"schema": {"$ref": _REF + "ModelList"}}},
+        },
+        **_errors(MODELS_ERRORS, tenant=True),
+    }
+
+
+def _document_admin(method: str, path: str, operation: dict[str, Any]) -> None:
+    operation["security"] = [{ADMIN_SCHEME: []}]
+    extra = ADMIN_EXTRA.get((method, path), (422,))
+    if "requestBody" in operation:
+        extra = (*extra, 400)  # a body that is not JSON at all
+    responses = operation.setdefault("responses", {})
+    responses.pop("422", None)  # FastAPI's HTTPValidationError; the envelope below replaces it
+    responses.update(_errors((*ADMIN_ERRORS, *extra), tenant=False))
+    for parameter in operation.get("parameters", []):
+        if parameter.get("in") == "path":
+            parameter["schema"] = {**parameter.get("schema", {}), "pattern": NAME_PATTERN}
+
+
+def _tenant_headers(status: int) -> dict[str, Any]:
+    headers: dict[str, Any] = {
+        "x-request-id": {"required": True, "schema": {"type": "string"}},
+    }
+    if status == 200:
+        headers["x-loragate-release"] = {
+            "description": "The release that served the request (chat completions only)",
+            "schema": {"type": "string"},
+        }
+    return headers
+
+
+def _errors(statuses: tuple[int, ...], *, tenant: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in sorted(set(statuses)):
+        headers: dict[str, Any] = _tenant_headers(status) if tenant else {}
+        if status in _RETRY_AFTER_STATUSES:
+            headers["retry-after"] = {
+                "required": True,
+                "description": "Seconds to wait before retrying",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        response: dict[str, Any] = {
+            "description": STATUS_TEXT.get(status, "Error"),
+            "content": {"application/json": {"schema": {"$ref": _REF + "ErrorResponse"}}},
+        }
+        if headers:
+            response["headers"] = headers
+        out[str(status)] = response
+    return out
