@@ -7,7 +7,6 @@ watcher, metrics registry) is built in the lifespan of `create_app`, never at im
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -131,10 +130,12 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             canary_windows=Windows(settings.canary),
         )
         app.state.lg = state
+        # Metric label bounds follow the registry synchronously (no request is metered under a
+        # stale universe); in-process only, no Redis calls.
+        watcher.on_change = lambda new: _label_universe(metrics, new)
         await watcher.start()
         await state.limiter.start()
         metrics.set_snapshot_age_source(lambda: watcher.age_s)
-        follower = asyncio.create_task(_follow_snapshot(metrics, watcher), name="label-universe")
         await pool.start()
         guard = canary.start_guard(state)
         try:
@@ -142,9 +143,6 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         finally:
             await canary.stop_guard(guard)
             await state.limiter.stop()
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
             await pool.stop()
             await watcher.stop()
             await session.close()
@@ -196,17 +194,6 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
 
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
-
-
-async def _follow_snapshot(metrics: GatewayMetrics, watcher: SnapshotWatcher) -> None:
-    """Keep metric label bounds in step with the registry (in-process only, no Redis calls)."""
-    seen: object = None
-    while True:
-        current = watcher.state
-        if current is not seen:
-            _label_universe(metrics, current)
-            seen = current
-        await asyncio.sleep(0.25)
 
 
 def _label_universe(metrics: GatewayMetrics, state: Any) -> None:

@@ -131,6 +131,10 @@ class EnginePool:
     async def probe_all(self) -> None:
         await asyncio.gather(*(self._probe(r) for r in self.replicas))
         self._changed()
+        if self._waiters:  # a replica came back (or its ejection ended): its free slots serve
+            now = time.monotonic()  # the queue now, not when some request happens to finish
+            cap = self.config.max_concurrency
+            self._wake(sum(cap - r.in_flight for r in self.replicas if r.available(now)))
 
     async def _probe(self, replica: Replica) -> None:
         ok = await check_health(self.session, replica.url)
@@ -227,11 +231,15 @@ class EnginePool:
                 replica.users[lease.engine_name] = left
         replica.in_flight -= 1
         self._changed()
-        while self._waiters:
+        self._wake(1)
+
+    def _wake(self, n: int) -> None:
+        """Wake up to `n` queued requests, oldest first (each re-runs the routing choice)."""
+        while n > 0 and self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                break
+                n -= 1
 
     def forget(self, replica: Replica, engine_name: str) -> None:
         """The engine no longer has the adapter (it answered 404): load it again next time."""
@@ -248,9 +256,14 @@ class EnginePool:
             if len(self._waiters) >= self.config.queue_size:
                 raise ApiError("overloaded", "The gateway is at capacity; retry shortly.")
             deadline = time.monotonic() + self.config.queue_timeout_s
+            requeue = False
             while choice is None:
                 waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._waiters.append(waiter)
+                if requeue:  # woken but beaten to the slot: keep its place at the head
+                    self._waiters.appendleft(waiter)
+                else:
+                    self._waiters.append(waiter)
+                requeue = True
                 try:
                     async with asyncio.timeout_at(
                         asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic())

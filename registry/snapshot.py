@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -132,6 +132,9 @@ class SnapshotWatcher:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
+        # Called synchronously with each new state, before any other task can read it (metric
+        # label bounds must know a new tenant before its first request is metered).
+        self.on_change: Callable[[RegistryState], None] | None = None
 
     @property
     def state(self) -> RegistryState:
@@ -191,6 +194,8 @@ class SnapshotWatcher:
             self.regressed = False
             if new.epoch != self._state.epoch or accept_regression:
                 self._state = new
+                if self.on_change is not None:
+                    self.on_change(new)
                 self._changed.set()
                 self._changed = asyncio.Event()
 

@@ -99,6 +99,37 @@ def test_a_replica_failing_in_a_row_is_ejected_and_exported_as_such(
     assert metric(gw.url, "loragate_engine_ejected", engine="engine-1") == 0
 
 
+async def test_a_queued_request_is_served_as_soon_as_a_replica_comes_back(
+    gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory
+) -> None:
+    """engine-0 is busy (cap 1) and engine-1 is down: a new request queues. When engine-1's probe
+    passes, the queue is served at once, not when engine-0's request ends (or the queue times out)."""
+    busy, late = fake_engine(), fake_engine()
+    busy.default = Step("hold", tokens=2)
+    late.health_status = 503
+    gw = gateway_factory(engines=[busy.url, late.url], engine_max_concurrency=1)
+    tenant = gw.seed_tenant("waker", adapter=None)
+    gw.wait_ready()
+    async with httpx.AsyncClient(base_url=gw.url, headers=auth(tenant.api_key), timeout=30) as c:
+        held = asyncio.create_task(c.post("/v1/chat/completions", json=chat_body("chat")))
+        await asyncio.to_thread(busy.wait_until, lambda e: e.active == 1)
+        queued = asyncio.create_task(c.post("/v1/chat/completions", json=chat_body("chat")))
+        # Admitted (the tenant's in-flight gauge counts it) with no replica free: it is queued.
+        await asyncio.to_thread(
+            wait_for, lambda: metric(gw.url, "loragate_in_flight_requests", tenant="waker") == 2, 10
+        )
+        late.health_status = 200
+        async with asyncio.timeout(4):  # under the 5 s queue timeout
+            response = await queued
+        assert response.status_code == 200, response.text
+        assert response.headers["x-loragate-engine"] == "engine-1"
+        assert busy.active == 1  # engine-0's request never ended meanwhile
+        assert not held.done()
+        busy.open_gate()
+        async with asyncio.timeout(15):
+            assert (await held).status_code == 200
+
+
 def test_5xx_everywhere_is_a_clean_503(
     gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory
 ) -> None:
