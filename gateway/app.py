@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from adapters.errors import AdapterError
@@ -246,7 +247,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-        return ApiError(code, str(exc.detail)).to_response()
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first route's methods for a path
+            headers["allow"] = _allowed_methods(request)
+        return ApiError(code, str(exc.detail), headers=headers).to_response()
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> Response:
@@ -254,3 +258,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         if error.code == "internal_error":
             log.error("unhandled %s on %s", type(exc).__name__, request.url.path)
         return error.to_response()
+
+
+def _allowed_methods(request: Request) -> str:
+    methods = [
+        method
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(methods)

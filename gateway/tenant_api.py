@@ -6,8 +6,6 @@ names the offending field); the OpenAPI schema still documents it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -17,49 +15,10 @@ from gateway.chat import authenticate, handle_chat, new_request_id
 from gateway.errors import ApiError
 from gateway.state import AppState
 
-CHAT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["model", "messages"],
-    "properties": {
-        "model": {"type": "string", "description": "your model alias"},
-        "messages": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["role", "content"],
-                "properties": {
-                    "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
-                    "content": {"type": "string"},
-                },
-            },
-        },
-        "stream": {"type": "boolean"},
-        "stream_options": {
-            "type": "object",
-            "properties": {"include_usage": {"type": "boolean"}},
-            "additionalProperties": False,
-        },
-        "max_tokens": {"type": "integer", "minimum": 1},
-        "max_completion_tokens": {"type": "integer", "minimum": 1},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "seed": {"type": "integer"},
-        "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-        "user": {"type": "string", "maxLength": 256},
-    },
-}
-
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-@router.post(
-    "/chat/completions",
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": CHAT_SCHEMA}}}
-    },
-    response_model=None,
-)
+@router.post("/chat/completions", response_model=None)  # schema: gateway/openapi.py
 async def chat_completions(request: Request) -> Response:
     """Documents the route; `gateway.app.Gateway` serves it as raw ASGI before routing."""
     return _RawChat(request.app.state.lg)

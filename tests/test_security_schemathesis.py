@@ -55,6 +55,8 @@ CHECKS = (
     "response_schema_conformance",
     "response_headers_conformance",
     "ignored_auth",
+    "unsupported_method",
+    "allow_header_conformance",
 )
 OPERATIONS = 19  # 2 tenant + 17 admin
 
