@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help demo demo-up demo-down test test-long check bench bench-smoke sysdeps venv engine-venv clean
+.PHONY: help demo demo-up demo-down demo-observe demo-bad-canary test test-long check bench bench-smoke sysdeps venv engine-venv clean
 
 help:
 	@echo "make demo | demo-up | demo-down | test | test-long | check | bench"
@@ -61,6 +61,14 @@ demo-up: venv engine-venv sysdeps
 
 demo-down:
 	@if [ -x $(BIN)/loragate ]; then $(BIN)/loragate demo down; else echo "nothing to stop"; fi
+
+# On the running demo stack: every dashboard panel against a real Prometheus; a bad canary that
+# the canary guard rolls back by itself.
+demo-observe: venv sysdeps
+	$(BIN)/loragate demo observe
+
+demo-bad-canary: venv
+	$(BIN)/loragate demo bad-canary
 
 # Benchmarks: wrk (Debian) drives the closed-loop sweeps; the `bench` extra brings matplotlib,
 # locust and py-spy; LiteLLM gets its own .venv-litellm (created by the bench when missing).

@@ -326,3 +326,6 @@ def register(sub: Any) -> None:
     actions.add_parser("run", help="start, wait for Ctrl-C, stop").set_defaults(func=run)
     actions.add_parser("up", help="start in the background").set_defaults(func=up)
     actions.add_parser("down", help="stop what `up` started").set_defaults(func=down)
+    from gateway import demo_ops  # observe, bad-canary (it imports this module)
+
+    demo_ops.register(actions)
