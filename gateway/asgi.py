@@ -4,8 +4,8 @@
 profile of the full feature path showed the middleware stack and per-request task bookkeeping
 costing more than the gateway's own work (loadtests/README.md).
 
-    headers = header_map(scope)                       # lower-case str -> str
-    body = await read_body(receive, limit, headers.get("content-length"))
+    authorization, length = request_headers(scope)
+    body = await read_body(receive, limit, length)
     watch = Disconnect(receive)                       # cancels this task if the client leaves
     ...
     watch.stop()                                      # before the last message is sent
@@ -24,9 +24,16 @@ JSON = b"application/json"
 SSE = b"text/event-stream"
 
 
-def header_map(scope: Scope) -> dict[str, str]:
-    """Request headers as a dict (ASGI servers give lower-case names); latin-1 as HTTP says."""
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+def request_headers(scope: Scope) -> tuple[str | None, str | None]:
+    """(authorization, content-length): the only request headers the route reads (ASGI servers
+    give lower-case names; latin-1 as HTTP says). The last of repeated headers wins."""
+    authorization = length = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"content-length":
+            length = value.decode("latin-1")
+    return authorization, length
 
 
 def raw_headers(headers: dict[str, str], content_type: bytes) -> list[tuple[bytes, bytes]]:

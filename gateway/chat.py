@@ -19,7 +19,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from gateway import relay
-from gateway.asgi import ClientGone, Disconnect, header_map, read_body, send_error
+from gateway.asgi import ClientGone, Disconnect, read_body, request_headers, send_error
 from gateway.call import Call, finish, new_request_id
 from gateway.errors import ApiError, from_domain, model_not_found
 from gateway.guard import OutputGuard
@@ -104,11 +104,11 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
     call.headers["x-request-id"] = call.request_id
     watch: Disconnect | None = None
     try:
-        headers = header_map(scope)
-        call.tenant, call.key = await authenticate(state, headers.get("authorization"))
+        authorization, length = request_headers(scope)
+        call.tenant, call.key = await authenticate(state, authorization)
         if state.pool.shedding():  # refuse a burst before parsing it (metered without an alias)
             raise ApiError("overloaded", "The gateway is at capacity; retry shortly.")
-        raw = await read_body(receive, state.settings.max_body_bytes, headers.get("content-length"))
+        raw = await read_body(receive, state.settings.max_body_bytes, length)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -151,6 +151,9 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
         error = from_domain(exc)
         if error.code == "internal_error":
             log.exception("unhandled error in chat request %s", call.request_id)
+        # The traceback holds this frame (and the body read so far): without this, that cycle
+        # keeps up to max_body_bytes alive per refused request until a full collection.
+        exc.__traceback__ = error.__traceback__ = None
         if watch is not None:
             watch.stop()
         finish(state, call, error.code)

@@ -29,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         proxy_headers=False,  # loragate never uses the client address; saves work per request
+        server_header=False,
         timeout_graceful_shutdown=10,
     )
     return 0
