@@ -99,8 +99,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_null(args: argparse.Namespace) -> int:
+    from adapters.nulladapter import write_null_adapter
+
+    out = write_null_adapter(args.base, args.out, base_model_id=args.base_model_id)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
 def register(subparsers: Any) -> None:
-    """Add `adapters <build-base|build-tiny|train|validate>` to an argparse subparsers object."""
+    """Add `adapters <build-base|build-tiny|train|null|validate>` to argparse subparsers."""
     group = subparsers.add_parser("adapters", help="build base models, train and validate LoRAs")
     sub = group.add_subparsers(dest="adapters_command", required=True)
 
@@ -130,6 +138,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace an existing output dir")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "null", help="write the zero-weight LoRA that adapter-less releases are served through"
+    )
+    p.add_argument("--base", type=Path, required=True, help="base model dir (its config.json)")
+    p.add_argument("--base-model-id", required=True, help="served model id the engines use")
+    p.add_argument("--out", type=Path, required=True, help="inside the adapter store")
+    p.set_defaults(func=cmd_null)
 
     p = sub.add_parser("validate", help="validate an artifact as the admin API would")
     p.add_argument("--store", type=Path, required=True, help="adapter store root")

@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
+from adapters.artifact import validate_artifact
 from adapters.errors import AdapterError
 from gateway import admin_api, canary, tenant_api
 from gateway.analysis import Windows
@@ -38,6 +39,7 @@ from gateway.settings import Settings
 from gateway.state import AppState
 from registry.errors import RegistryError
 from registry.limits import LimitStore
+from registry.models import AdapterVersion
 from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
 
@@ -130,6 +132,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
                 default_max_tokens=settings.default_max_tokens_cap,
             ),
             canary_windows=Windows(settings.canary),
+            base_adapter=_base_adapter(settings),
         )
         app.state.lg = state
         # Metric label bounds follow the registry synchronously (no request is metered under a
@@ -201,6 +204,26 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
 
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
+
+
+def _base_adapter(settings: Settings) -> AdapterVersion | None:
+    """The zero LoRA adapter-less requests go through, validated like any tenant artifact (a
+    broken one stops startup: silently serving the bare base model is what it exists to avoid)."""
+    if not settings.base_adapter:
+        return None
+    info = validate_artifact(
+        settings.adapter_store,
+        settings.base_adapter,
+        base_model=settings.base_model,
+        max_rank=settings.max_lora_rank,
+        supported_modules=settings.supported_target_modules,
+        max_bytes=settings.max_adapter_bytes,
+    )
+    return AdapterVersion(
+        tenant="base", name="null", version=1, path=info.relpath, digest=info.digest,
+        base_model=info.base_model, rank=info.rank, target_modules=info.target_modules,
+        size_bytes=info.size_bytes, alpha=info.alpha, created_by="gateway",
+    )  # fmt: skip
 
 
 def _label_universe(metrics: GatewayMetrics, state: Any) -> None:

@@ -82,6 +82,8 @@ def resolve(state: AppState, snapshot: RegistryState, call: Call, chat: ChatRequ
     adapter, prompt = snapshot.release_parts(release)
     if alias.flags.kill_switch:
         adapter = None  # base model with the stable prompt
+    if adapter is None:
+        adapter = state.base_adapter  # the zero LoRA, when configured (see adapters/nulladapter)
     call.arm, call.release, call.adapter = arm, release, adapter
     defaults: dict[str, Any] = {}
     if prompt is not None:

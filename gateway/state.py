@@ -12,6 +12,7 @@ from gateway.engine_pool import EnginePool
 from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
+from registry.models import AdapterVersion
 from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
 
@@ -32,3 +33,5 @@ class AppState:
     draining: set[str] = field(default_factory=set)
     # canary analysis: outcome windows fed by the chat pipeline, judged by gateway/canary.py
     canary_windows: Windows = field(default_factory=lambda: Windows(CanaryConfig()))
+    # what "no adapter" is served through (settings.base_adapter), None: the bare base model
+    base_adapter: AdapterVersion | None = None

@@ -284,7 +284,7 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         os.sched_setaffinity(0, all_cpus)
         engine_result: dict[str, Any] | None = None
         if plan.engine:
-            engine_result = engine_arm.run(work, requests=20)
+            engine_result = engine_arm.run(work, requests=40)
             if engine_result.get("skipped"):
                 notes.append(f"real-engine arm skipped: {engine_result['skipped']}")
     finally:

@@ -113,9 +113,13 @@ def _measure(engine_url: str, gateway_url: str, key: str, requests: int) -> dict
             through_gateway()
         d_times, g_times = [], []
         same = True
-        for _ in range(requests):
-            dt, dj = direct()
-            gt, gj = through_gateway()
+        for i in range(requests):  # interleaved, order alternating: no arm always goes first
+            if i % 2:
+                gt, gj = through_gateway()
+                dt, dj = direct()
+            else:
+                dt, dj = direct()
+                gt, gj = through_gateway()
             d_times.append(dt)
             g_times.append(gt)
             same = same and (
