@@ -156,10 +156,23 @@ async def check_health(
     timeout: float = 2.0,  # noqa: ASYNC109
 ) -> bool:
     """True only for a 200 from GET /health within `timeout`; never raises on engine trouble."""
+    return await probe_health(session, engine_url, timeout=timeout) == "ok"
+
+
+async def probe_health(
+    session: aiohttp.ClientSession,
+    engine_url: str,
+    *,
+    timeout: float = 2.0,  # noqa: ASYNC109
+) -> str:
+    """"ok" (200), "down" (an answer other than 200, or nothing listening) or "slow" (no answer
+    within `timeout`: a busy engine, not necessarily a dead one). Never raises."""
     url = engine_url.rstrip("/") + "/health"
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             await resp.read()
-            return resp.status == 200
+            return "ok" if resp.status == 200 else "down"
+    except aiohttp.ClientConnectorError:
+        return "down"
     except (aiohttp.ClientError, TimeoutError):
-        return False
+        return "slow"

@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 
 from adapters.artifact import verify_digest
-from adapters.engine_client import check_health, list_adapters, load_adapter, unload_adapter
+from adapters.engine_client import list_adapters, load_adapter, probe_health, unload_adapter
 from adapters.errors import EngineLoadFailed, EngineUnavailable
 from gateway.errors import ApiError
 from gateway.routing import ReplicaView, choose_replica
@@ -63,6 +63,7 @@ class Replica:
     healthy: bool = False
     in_flight: int = 0
     failures: int = 0
+    slow_probes: int = 0  # health probes in a row that timed out
     ejections: int = 0
     ejected_until: float = 0.0
     resident: OrderedDict[str, AdapterVersion] = field(default_factory=OrderedDict)
@@ -137,12 +138,19 @@ class EnginePool:
             self._wake(sum(cap - r.in_flight for r in self.replicas if r.available(now)))
 
     async def _probe(self, replica: Replica) -> None:
-        ok = await check_health(self.session, replica.url)
-        if not ok:
+        status = await probe_health(self.session, replica.url)
+        if status != "ok":
+            # A refused connection or an error answer takes the replica out at once; one probe
+            # that times out does not (a busy engine answers late: under load the last healthy
+            # replica flapped and every request in the gap got 503).
+            replica.slow_probes = replica.slow_probes + 1 if status == "slow" else 0
+            if status == "slow" and replica.slow_probes < 2:
+                return
             if replica.healthy:
-                log.warning("engine %s unhealthy", replica.name)
+                log.warning("engine %s unhealthy (%s)", replica.name, status)
             replica.healthy = False
             return
+        replica.slow_probes = 0
         try:
             loaded = await list_adapters(self.session, replica.url)
         except EngineUnavailable:

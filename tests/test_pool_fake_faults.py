@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 
+from gateway.engine_pool import EnginePool, PoolConfig
 from tests.fixtures.fake_engine import FakeEngineFactory, Step
 from tests.fixtures.gateway import GatewayFactory
 from tests.fixtures.models import TinyModels
@@ -128,6 +131,31 @@ async def test_a_queued_request_is_served_as_soon_as_a_replica_comes_back(
         busy.open_gate()
         async with asyncio.timeout(15):
             assert (await held).status_code == 200
+
+
+async def test_one_slow_health_probe_does_not_take_a_replica_out(
+    fake_engine: FakeEngineFactory, tmp_path: Path
+) -> None:
+    """Two probes in a row past the 2 s timeout mark a replica down, one does not (a busy engine
+    answers late); an error answer or a refused connection marks it down at once."""
+    fake = fake_engine()
+    config = PoolConfig(base_model="tiny", adapter_store=tmp_path, engine_adapter_root=tmp_path)
+    async with aiohttp.ClientSession() as session:
+        pool = EnginePool([fake.url], session, config)
+        replica = pool.replicas[0]
+        await pool.probe_all()
+        assert replica.healthy
+        fake.health_delay_s = 3.0
+        await pool.probe_all()
+        assert replica.healthy  # one slow probe: still routed to
+        await pool.probe_all()
+        assert not replica.healthy  # two in a row
+        fake.health_delay_s = 0.0
+        await pool.probe_all()
+        assert replica.healthy
+        fake.health_status = 503
+        await pool.probe_all()
+        assert not replica.healthy  # an explicit error answer: at once
 
 
 def test_5xx_everywhere_is_a_clean_503(
