@@ -165,7 +165,7 @@ async def probe_health(
     *,
     timeout: float = 2.0,  # noqa: ASYNC109
 ) -> str:
-    """"ok" (200), "down" (an answer other than 200, or nothing listening) or "slow" (no answer
+    """`ok` (200), `down` (an answer other than 200, or nothing listening) or `slow` (no answer
     within `timeout`: a busy engine, not necessarily a dead one). Never raises."""
     url = engine_url.rstrip("/") + "/health"
     try:
