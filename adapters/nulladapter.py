@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+
+from adapters.safetensors_header import encode_zeros
 
 TARGET = "q_proj"
 
@@ -34,21 +34,12 @@ def _dims(base_model_dir: Path) -> tuple[int, int, int]:
 def null_adapter_files(base_model_dir: Path, *, base_model_id: str) -> dict[str, bytes]:
     """File name -> content of the zero adapter (pure but for reading config.json)."""
     layers, hidden, q_out = _dims(base_model_dir)
-    header: dict[str, Any] = {}
-    offset = 0
+    prefix = "base_model.model.model.layers.{}.self_attn." + TARGET
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
     for layer in range(layers):
-        prefix = f"base_model.model.model.layers.{layer}.self_attn.{TARGET}"
-        for ab, shape in (("A", [1, hidden]), ("B", [q_out, 1])):
-            size = shape[0] * shape[1] * 2
-            header[f"{prefix}.lora_{ab}.weight"] = {
-                "dtype": "F16",
-                "shape": shape,
-                "data_offsets": [offset, offset + size],
-            }
-            offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    weights = struct.pack("<Q", len(raw)) + raw + bytes(offset)
+        tensors[prefix.format(layer) + ".lora_A.weight"] = ("F16", (1, hidden))
+        tensors[prefix.format(layer) + ".lora_B.weight"] = ("F16", (q_out, 1))
+    weights = encode_zeros(tensors)
     config = {
         "peft_type": "LORA",
         "base_model_name_or_path": base_model_id,

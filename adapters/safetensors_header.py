@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from adapters.errors import ArtifactError
@@ -135,3 +136,21 @@ def parse_header(prefix: bytes, file_size: int) -> dict[str, TensorInfo]:
     if cursor != data_size:
         raise _invalid("tensor data does not cover the data section exactly")
     return tensors
+
+
+def encode_zeros(tensors: Mapping[str, tuple[str, Sequence[int]]]) -> bytes:
+    """The writer's side, for generated artifacts: a whole safetensors file whose tensors
+    (name -> (dtype, shape)) are all zeros. Pure; no torch or numpy."""
+    header: dict[str, object] = {}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        size = DTYPE_SIZES[dtype] * math.prod(shape)
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + bytes(offset)

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from adapters.safetensors_header import encode_zeros
 from loadtests.procs import Proc, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,24 +48,16 @@ def write_lora(
 ) -> Path:
     """A valid rank-`rank` LoRA on q/k/v/o of a 2-layer model, fp16 zeros plus a seed byte."""
     out.mkdir(parents=True, exist_ok=True)
-    header: dict[str, Any] = {}
-    offset = 0
-    for layer in range(2):
-        for module in TARGETS:
-            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-            for ab, shape in (("A", [rank, hidden]), ("B", [hidden, rank])):
-                size = shape[0] * shape[1] * 2
-                header[f"{prefix}.lora_{ab}.weight"] = {
-                    "dtype": "F16",
-                    "shape": shape,
-                    "data_offsets": [offset, offset + size],
-                }
-                offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    data = bytearray(offset)
-    data[0] = seed % 251
-    (out / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    tensors = {
+        f"base_model.model.model.layers.{layer}.self_attn.{module}.lora_{ab}.weight": ("F16", shape)
+        for layer in range(2)
+        for module in TARGETS
+        for ab, shape in (("A", (rank, hidden)), ("B", (hidden, rank)))
+    }
+    blob = bytearray(encode_zeros(tensors))
+    data_size = len(tensors) * rank * hidden * 2  # fp16
+    blob[len(blob) - data_size] = seed % 251  # the first data byte: a distinct digest per seed
+    (out / "adapter_model.safetensors").write_bytes(blob)
     config = {
         "peft_type": "LORA",
         "base_model_name_or_path": base_model,
