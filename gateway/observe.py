@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Grafana's interval variables, as a short run needs them (same values as the live tests).
+# Grafana's built-in interval variables, replaced by values Prometheus accepts for a short run.
 BUILTIN_VARIABLES: dict[str, str] = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
 _VARIABLE = re.compile(r"\$\{?(\w+)\}?")
 
@@ -31,17 +31,18 @@ class Panel:
     exprs: tuple[str, ...]
 
 
-def _walk(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+def iter_dashboard_panels(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every panel, including panels nested in (collapsed) rows."""
     for panel in node.get("panels", []):
         yield panel
-        yield from _walk(panel)
+        yield from iter_dashboard_panels(panel)
 
 
 def load_panels(dashboards: Path) -> list[Panel]:
     """Every panel with at least one PromQL target, dashboard by dashboard, in panel order."""
     out = []
     for path in sorted(dashboards.glob("*.json")):
-        for panel in _walk(json.loads(path.read_text())):
+        for panel in iter_dashboard_panels(json.loads(path.read_text())):
             exprs = tuple(t["expr"] for t in panel.get("targets", []) if t.get("expr"))
             if exprs:
                 out.append(Panel(path.stem, str(panel.get("title", "")), exprs))

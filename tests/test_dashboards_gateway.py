@@ -19,7 +19,6 @@ rollback, unhealthy engines) stays covered by the synthetic test, tests/test_das
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,6 +33,7 @@ import yaml
 
 from adapters.engine_process import EngineProcess
 from deploy.grafana.queries import iter_panel_queries, substitute_variables
+from gateway.observe import has_data
 from tests.fixtures.gateway import GatewayFactory
 from tests.fixtures.models import TinyModels
 from tests.fixtures.prometheus import PrometheusServer
@@ -55,15 +55,6 @@ ACME_REQUESTS = 32
 GLOBEX_REQUESTS = 8
 BAD_REQUESTS = 3
 QUERY_DEADLINE_S = 60.0
-
-
-def has_data(response: Any) -> bool:
-    if response.get("status") != "success":
-        return False
-    result = response["data"]["result"]
-    if response["data"]["resultType"] == "scalar":
-        result = [{"value": result}]
-    return any(not math.isnan(float(sample["value"][1])) for sample in result)
 
 
 def by_labels(response: Any, *names: str) -> dict[tuple[str, ...], float]:

@@ -12,7 +12,6 @@ errors.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from deploy.grafana.queries import iter_panel_queries, substitute_variables
 from gateway.metrics import GatewayMetrics, InFlight
+from gateway.observe import has_data
 from tests.fixtures.prometheus import MetricsEndpoint, PrometheusServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,13 +73,6 @@ def feed(metrics: GatewayMetrics) -> None:
     metrics.count_adapter_request(hit=False)
     metrics.set_registry_state(redis_up=True, epoch=3)
     metrics.set_snapshot_age(0.4)
-
-
-def has_data(response: Any) -> bool:
-    result = response["data"]["result"]
-    if response["data"]["resultType"] == "scalar":
-        result = [{"value": result}]
-    return any(not math.isnan(float(sample["value"][1])) for sample in result)
 
 
 def test_every_panel_query_returns_data(

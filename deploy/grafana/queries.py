@@ -6,22 +6,27 @@ it against a real Prometheus; `metric_names` is the (deliberately small) PromQL 
 
     for expr in iter_panel_queries(Path("deploy/grafana/dashboards/overview.json")):
         print(substitute_variables(expr, {"tenant": "acme"}))
+
+Panel walking and `$variable` substitution are `gateway.observe`'s (what `loragate demo observe`
+runs against a live stack), re-exported here: one implementation for the demo and the tests.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
-# Grafana's built-in interval variables, replaced by values Prometheus accepts for a short test.
-BUILTIN_VARIABLES: dict[str, str] = {
-    "__rate_interval": "1m",
-    "__interval": "15s",
-    "__range": "5m",
-}
+from gateway.observe import BUILTIN_VARIABLES, iter_dashboard_panels
+from gateway.observe import substitute as substitute_variables
+
+__all__ = [
+    "BUILTIN_VARIABLES",
+    "iter_dashboard_panels",
+    "iter_panel_queries",
+    "metric_names",
+    "substitute_variables",
+]
 
 _KEYWORDS = frozenset(
     {
@@ -40,14 +45,6 @@ _MATCHERS = re.compile(r"\{[^}]*\}")
 _RANGE = re.compile(r"\[[^\]]*\]")
 _LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENT = re.compile(r"(?<![A-Za-z0-9_.:$])[A-Za-z_:][A-Za-z0-9_:]*")
-_VARIABLE = re.compile(r"\$\{?(\w+)\}?")
-
-
-def iter_dashboard_panels(dashboard: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    """Every panel, including panels nested in (collapsed) rows."""
-    for panel in dashboard.get("panels", []):
-        yield panel
-        yield from iter_dashboard_panels(panel)
 
 
 def iter_panel_queries(path: Path) -> list[str]:
@@ -59,19 +56,6 @@ def iter_panel_queries(path: Path) -> list[str]:
         for target in panel.get("targets", [])
         if target.get("expr")
     ]
-
-
-def substitute_variables(expr: str, values: Mapping[str, str]) -> str:
-    """Replace `$var` / `${var}` with `values` (plus Grafana's built-ins); unknown ones raise."""
-    merged = {**BUILTIN_VARIABLES, **values}
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in merged:
-            raise KeyError(f"no value for dashboard variable ${name}")
-        return merged[name]
-
-    return _VARIABLE.sub(replace, expr)
 
 
 def metric_names(expr: str) -> set[str]:
