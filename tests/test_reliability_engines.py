@@ -238,6 +238,12 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
                 120, "both engines serving",
             )  # fmt: skip
 
+            # gamma goes quiet before the kill and has nothing in flight at it: a request of
+            # gamma's retried on the survivor would make its adapter resident there, and gamma
+            # would (rightly) keep routing to it after the restart.
+            run.quiet.add(gamma.id)
+            await _until(lambda: not any(o.tenant == gamma.id for o in run.live), 120, "gamma idle")
+
             async def loaded() -> bool:
                 streams = run.streams_live_on(KILLED)
                 gauge = await _gauge(client, "loragate_engine_in_flight", KILLED) or 0
@@ -246,7 +252,6 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
             await _until(loaded, 120, "streams and a non-streaming request in flight on engine-0")
             in_flight_killed = await _gauge(client, "loragate_engine_in_flight", KILLED) or 0
             streams_killed = run.streams_live_on(KILLED)
-            run.quiet.add(gamma.id)
             killed_at = time.monotonic()
             await asyncio.to_thread(own.kill)
 
