@@ -12,6 +12,7 @@ Proof at the gateway: `loragate_engine_in_flight` returns to 0.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.engine
 
 LONG = 1500
 ABORT_WITHIN_S = 5.0  # generous: CI boxes are oversubscribed
+BUSY_WITHIN_S = 30.0
 
 
 def _running(engine: EngineProcess) -> float:
@@ -63,6 +65,27 @@ def cancel_stack(
     proxy.clear()
 
 
+def _wait_engine_busy(
+    engine: EngineProcess, gw: GatewayProcess, sock: socket.socket, generated: float
+) -> None:
+    """The engine works on the request: it runs, or it decoded tokens since (a scrape can fall
+    between steps). Otherwise fail with what the gateway answered and its log, not a bare timeout."""
+    try:
+        wait_for(
+            lambda: _running(engine) >= 1 or _generated(engine) > generated,
+            BUSY_WITHIN_S,
+            "engine running the request",
+        )
+    except TimeoutError as exc:
+        sock.setblocking(False)
+        try:
+            answer = sock.recv(4096)
+        except BlockingIOError:
+            answer = b"(no answer yet)"
+        log = gw.log_path.read_text(errors="replace")[-2000:]
+        raise AssertionError(f"{exc}; gateway answered {answer[:600]!r}; log: {log}") from exc
+
+
 def _assert_aborted(engine: EngineProcess, gw: GatewayProcess, before: tuple[float, float]) -> None:
     finished, generated = before
     took = wait_for(lambda: _running(engine) == 0, ABORT_WITHIN_S, "engine request aborted")
@@ -86,7 +109,7 @@ def test_disconnect_before_first_token_aborts_the_engine_request(
     before = (_finished(engine), _generated(engine))
     sock = open_raw_chat(gw.url, tenant.api_key, chat_body("chat", stream=True, max_tokens=LONG))
     with contextlib.closing(sock):
-        wait_for(lambda: _running(engine) >= 1, 20, "engine running the request")
+        _wait_engine_busy(engine, gw, sock, before[1])
         sock.setblocking(False)
         with pytest.raises(BlockingIOError):
             sock.recv(1)  # nothing has reached the client
@@ -113,5 +136,5 @@ def test_disconnect_during_non_streaming_request_aborts_the_engine_request(
     before = (_finished(engine), _generated(engine))
     sock = open_raw_chat(gw.url, tenant.api_key, chat_body("chat", max_tokens=LONG))
     with contextlib.closing(sock):
-        wait_for(lambda: _running(engine) >= 1, 20, "engine running the request")
+        _wait_engine_busy(engine, gw, sock, before[1])
     _assert_aborted(engine, gw, before)

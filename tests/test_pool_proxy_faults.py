@@ -62,8 +62,9 @@ def test_latency_and_slicing_slow_requests_down_but_keep_them_correct(
     sliced, _ = _post(gw, tenant, stream=True)
     assert sliced.status_code == 200
     expected = sse_payloads([streamed.content])
-    got = sse_payloads([sliced.content])
-    assert contents(got) == contents(expected)
+    got = sse_payloads([sliced.content])  # every frame parsed whole from the cut-up bytes
+    # The same text; not the same chunking: a busy vLLM merges deltas its reader fell behind on.
+    assert "".join(contents(got)) == "".join(contents(expected))
     assert got[-1] == b"[DONE]"
 
 
