@@ -21,7 +21,7 @@ from gateway.errors import ApiError
 from gateway.evaluation import evaluate_alias, gate_promotion
 from gateway.state import AppState
 from registry import rollout
-from registry.models import NAME_PATTERN, NAME_RE, Alias, Flags, Limits, Thresholds
+from registry.models import NAME_PATTERN, Alias, Flags, Limits, Thresholds, is_name
 from registry.refs import parse_ref
 
 
@@ -164,8 +164,9 @@ ActorDep = Annotated[str, Depends(require_admin)]
 
 
 def _name(value: str, what: str) -> str:
-    if not NAME_RE.match(value):
-        raise ApiError("invalid_name", f"Invalid {what}: use 1-48 of a-z, 0-9, '-', '_'.")
+    if not is_name(value):
+        rule = "use 1-48 of a-z, 0-9, '-', '_' ('unknown' is reserved)"
+        raise ApiError("invalid_name", f"Invalid {what}: {rule}.")
     return value
 
 

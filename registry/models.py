@@ -10,11 +10,31 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
 NAME_RE = re.compile(NAME_PATTERN)
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+# Metrics label an unregistered tenant, alias or release "unknown": a record of that name would
+# share its series with strangers' requests.
+RESERVED_NAMES = frozenset({"unknown"})
+
+
+def is_name(value: object) -> bool:
+    """A valid identifier: NAME_PATTERN over the whole string and not reserved."""
+    return (
+        isinstance(value, str)
+        and NAME_RE.fullmatch(value) is not None
+        and value not in RESERVED_NAMES
+    )
+
+
+def _not_reserved(value: str) -> str:
+    if value in RESERVED_NAMES:
+        raise ValueError(f"{value!r} is reserved")
+    return value
+
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN), AfterValidator(_not_reserved)]
 
 
 class Record(BaseModel):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 
 from registry.errors import InvalidName
-from registry.models import NAME_RE
+from registry.models import NAME_RE, is_name
 
 RELEASE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}-r[1-9][0-9]{0,17}")
 
 
 def check_name(value: str, what: str = "name") -> str:
-    """Return `value` if it matches NAME_RE, else raise InvalidName; called before Redis."""
-    if not isinstance(value, str) or NAME_RE.fullmatch(value) is None:
-        raise InvalidName(f"invalid {what} {value!r}: expected {NAME_RE.pattern}")
+    """Return `value` if it is a name (`is_name`), else raise InvalidName; called before Redis."""
+    if not is_name(value):
+        raise InvalidName(f"invalid {what} {value!r}: expected {NAME_RE.pattern}, not 'unknown'")
     return value
 
 

@@ -82,7 +82,7 @@ def _hostile_names() -> list[str]:
     base = ["..", ".", "../x", "a/b", "a\\b", "A", "Lora", "x" * 49, "", " ", "a b", "a\x00b",
             "a\nb", "\u0430", "l\u200bora", "lora\u0301", "%2e%2e", "a:b", "a@1", "a$", "-a",
             "a.b", "~", "*", "a;b", "a|b", "`id`", "$(id)", "a'b", 'a"b', "a<b>", "\ufeffa",
-            "lora\t", "CON", "a%00"]  # fmt: skip
+            "lora\t", "CON", "a%00", "lora\n", "unknown"]  # fmt: skip
     return base
 
 
