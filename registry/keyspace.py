@@ -17,7 +17,18 @@ Layout (the whole registry is small, so `load_state` reads it in one MULTI):
     <p>audit        stream, every write; <p>audit:<tenant> the same, per tenant
     <p>invalidate   pub/sub channel carrying the new epoch
 
-Names are validated by `registry.models.NAME_RE` (no `:`), so `:` is an unambiguous separator.
+Limits (`registry/limits.py`), per scope, a tenant id; `{...}` is a Redis Cluster hash tag keeping
+a tenant's keys in one slot, so each Lua script touches one slot:
+
+    <p>lim:{<scope>}:slots       zset   request id -> lease expiry (ms)
+    <p>lim:{<scope>}:res         hash   request id -> "second|est tokens|est cost|spend key"
+    <p>lim:{<scope>}:req         hash   second -> requests admitted in that second
+    <p>lim:{<scope>}:tok         hash   second -> tokens (estimates until settled)
+    <p>lim:{<scope>}:spend:<id>  hash   spent, reserved (period id: d20261121 or m202611)
+    <p>lim:{<scope>}:settled     zset   request id -> settle time (ms), replay guard
+    <p>lim:gateways              zset   process id -> heartbeat expiry (ms)
+
+Names are validated by `registry.models.is_name` (no `:`), so `:` is an unambiguous separator.
 """
 
 from __future__ import annotations
@@ -78,6 +89,13 @@ class Keyspace:
     def channel(self) -> str:
         return f"{self.prefix}invalidate"
 
+    def limits(self, scope: str) -> LimitKeys:
+        return LimitKeys(self.prefix, scope)
+
+    @property
+    def limit_gateways(self) -> str:
+        return f"{self.prefix}lim:gateways"
+
     def pattern(self) -> str:
         """SCAN pattern matching every key of this keyspace (tests dump it)."""
         return f"{self.prefix}*"
@@ -95,3 +113,37 @@ def version_field(tenant: str, name: str, version: int | str) -> str:
 def seq_field(kind: str, tenant: str, name: str) -> str:
     """Counter field for version numbers: kind is `adapter`, `prompt` or `release`."""
     return f"{kind}:{tenant}:{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitKeys:
+    """Key names of one limits scope (see the layout above)."""
+
+    prefix: str
+    scope: str
+
+    def _k(self, rest: str) -> str:
+        return f"{self.prefix}lim:{{{self.scope}}}:{rest}"
+
+    @property
+    def slots(self) -> str:
+        return self._k("slots")
+
+    @property
+    def reservations(self) -> str:
+        return self._k("res")
+
+    @property
+    def requests(self) -> str:
+        return self._k("req")
+
+    @property
+    def tokens(self) -> str:
+        return self._k("tok")
+
+    @property
+    def settled(self) -> str:
+        return self._k("settled")
+
+    def spend(self, period_id: str) -> str:
+        return self._k(f"spend:{period_id}")

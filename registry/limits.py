@@ -21,15 +21,7 @@ Windows: requests and tokens per minute use a sliding window of 60 one-second bu
 the second, memory bounded by 60 fields per tenant). Budgets use calendar periods in UTC: `day`
 resets at 00:00 UTC, `month` at 00:00 UTC on the first day of the month.
 
-Layout (per scope, a tenant id; `{...}` is a Redis Cluster hash tag keeping a tenant together):
-
-    <p>lim:{<scope>}:slots       zset   request id -> lease expiry (ms)
-    <p>lim:{<scope>}:res         hash   request id -> "second|est tokens|est cost|spend key"
-    <p>lim:{<scope>}:req         hash   second -> requests admitted in that second
-    <p>lim:{<scope>}:tok         hash   second -> tokens (estimates until settled)
-    <p>lim:{<scope>}:spend:<id>  hash   spent, reserved (period id: d20261121 or m202611)
-    <p>lim:{<scope>}:settled     zset   request id -> settle time (ms), replay guard
-    <p>lim:gateways              zset   process id -> heartbeat expiry (ms)
+Key layout: `registry/keyspace.py`.
 
     store = LimitStore(redis, timeout=0.25)
     quota = Quota.from_limits(tenant.limits)
@@ -56,7 +48,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from registry.errors import RegistryError, RegistryUnavailable
-from registry.keyspace import DEFAULT_PREFIX
+from registry.keyspace import DEFAULT_PREFIX, Keyspace, LimitKeys
 from registry.models import Limits
 
 Period = Literal["day", "month"]
@@ -160,40 +152,6 @@ def period_window(period: Period, now: float) -> tuple[str, float]:
     return f"m{moment:%Y%m}", start.timestamp() + days * 86400 - now
 
 
-@dataclass(frozen=True, slots=True)
-class LimitKeys:
-    """Key names of one scope (see the layout in the module docstring)."""
-
-    prefix: str
-    scope: str
-
-    def _k(self, rest: str) -> str:
-        return f"{self.prefix}lim:{{{self.scope}}}:{rest}"
-
-    @property
-    def slots(self) -> str:
-        return self._k("slots")
-
-    @property
-    def reservations(self) -> str:
-        return self._k("res")
-
-    @property
-    def requests(self) -> str:
-        return self._k("req")
-
-    @property
-    def tokens(self) -> str:
-        return self._k("tok")
-
-    @property
-    def settled(self) -> str:
-        return self._k("settled")
-
-    def spend(self, period_id: str) -> str:
-        return self._k(f"spend:{period_id}")
-
-
 def _script(name: str) -> str:
     return resources.files("registry").joinpath(name).read_text()
 
@@ -218,6 +176,7 @@ class LimitStore:
         self._redis = redis
         self._timeout = timeout
         self.prefix = prefix
+        self._keyspace = Keyspace(prefix)
         self.lease_s = lease_s
         self._window = window_s
         self._clock = clock
@@ -227,11 +186,11 @@ class LimitStore:
         self._lease = redis.register_script(_script("limits_lease.lua"))
 
     def keys(self, scope: str) -> LimitKeys:
-        return LimitKeys(self.prefix, scope)
+        return self._keyspace.limits(scope)
 
     @property
     def gateways_key(self) -> str:
-        return f"{self.prefix}lim:gateways"
+        return self._keyspace.limit_gateways
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
