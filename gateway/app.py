@@ -61,6 +61,22 @@ class Gateway(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def _redis_client(settings: Settings, url: str) -> aioredis.Redis:
+    """A bounded pool that makes callers wait for a connection (within the call's own timeout)
+    instead of failing: a burst of limited-tenant admissions must queue, not fall back."""
+    budget = settings.redis_timeout_s * 4
+    return aioredis.Redis.from_pool(  # the client owns the pool: aclose() closes it
+        aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=settings.redis_max_connections,
+            timeout=budget,
+            socket_timeout=budget,
+            socket_connect_timeout=budget,
+            health_check_interval=5,
+        )
+    )
+
+
 def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None = None) -> FastAPI:
     registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
 
@@ -69,17 +85,11 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         secret = settings.key_hmac_secret.get_secret_value().encode()
         if not secret:
             raise RuntimeError("LORAGATE_KEY_HMAC_SECRET must be set")
-        # A bounded pool that makes callers wait for a connection (within the call's own timeout)
-        # instead of failing: a burst of limited-tenant admissions must queue, not fall back.
-        redis = aioredis.Redis.from_pool(  # the client owns the pool: aclose() closes it
-            aioredis.BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=settings.redis_max_connections,
-                timeout=settings.redis_timeout_s * 4,
-                socket_timeout=settings.redis_timeout_s * 4,
-                socket_connect_timeout=settings.redis_timeout_s * 4,
-                health_check_interval=5,
-            )
+        redis = _redis_client(settings, settings.redis_url)
+        limits_redis = (
+            _redis_client(settings, settings.limits_redis_url)
+            if settings.limits_redis_url and settings.limits_redis_url != settings.redis_url
+            else redis
         )
         # Admin writes, snapshot loads and the canary guard are off the request path: a burst of 50
         # concurrent admin writers queues for more than one redis_timeout_s on a busy core and got
@@ -126,7 +136,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             hmac_secret=secret,
             admin_token=settings.admin_token.get_secret_value(),
             limiter=Limiter(
-                LimitStore(redis, timeout=max(settings.redis_timeout_s * 4, 0.05)),
+                LimitStore(limits_redis, timeout=max(settings.redis_timeout_s * 4, 0.05)),
                 metrics,
                 settings.price_for,
                 default_max_tokens=settings.default_max_tokens_cap,
@@ -157,6 +167,8 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             await watcher.stop()
             await session.close()
             await redis.aclose()
+            if limits_redis is not redis:
+                await limits_redis.aclose()
 
     app = Gateway(
         title="loragate",

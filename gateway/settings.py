@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.25
     redis_max_connections: int = 128
+    # Tenant limits (admission/settlement, 2 round trips per limited request) on a Redis of their
+    # own: the registry's wants `appendfsync always`, per-second counters do not. Unset: redis_url.
+    limits_redis_url: str | None = None
     admin_token: SecretStr = SecretStr("")
     key_hmac_secret: SecretStr = SecretStr("")
 
