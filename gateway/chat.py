@@ -23,7 +23,7 @@ from gateway.asgi import ClientGone, Disconnect, read_body, request_headers, sen
 from gateway.call import Call, finish, new_request_id
 from gateway.errors import ApiError, from_domain, model_not_found
 from gateway.guard import OutputGuard
-from gateway.limits import estimate_prompt_tokens
+from gateway.quota import estimate_prompt_tokens
 from gateway.render import ChatRequest, Limits, Rendering, parse_chat_request, render_engine_body
 from gateway.sse import error_event
 from gateway.state import AppState

@@ -16,14 +16,15 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from gateway.errors import ApiError
-from gateway.limits import (
-    Limiter,
-    Reservation,
+from gateway.limits import Limiter, Reservation
+from gateway.metrics import GatewayMetrics
+from gateway.quota import (
+    LocalCounts,
     estimate_prompt_tokens,
     format_reset,
+    local_admission,
     ratelimit_headers,
 )
-from gateway.metrics import GatewayMetrics
 from gateway.settings import Price
 from registry.limits import LimitStore, Quota, Remaining, period_window
 from registry.models import Budget, Limits, Tenant
@@ -126,6 +127,34 @@ def test_prompt_estimate_overestimates_bytes() -> None:
     estimate = estimate_prompt_tokens([{"role": "user", "content": text}])
     assert estimate >= len(text) // 4
     assert estimate_prompt_tokens([]) == 3
+
+
+def test_local_admission_enforces_this_process_share() -> None:
+    """While Redis is away each of N gateways admits `limit // N` (at least 1) and budget / N."""
+    now = 1_772_319_600.0
+    local = LocalCounts()
+    rpm = Quota(requests_per_minute=10)
+    for _ in range(5):  # 2 gateways: a share of 5 per minute
+        assert local_admission(rpm, local, 2, now, 10, 0.0)[1] is None
+        local.requests.add(int(now), 1)
+    remaining, refusal = local_admission(rpm, local, 2, now + 1, 10, 0.0)
+    assert refusal == ("rate_limited", 59.0)  # the first bucket leaves the window then
+    assert remaining.requests_used == 10  # reported as the whole fleet's use
+    assert local_admission(rpm, local, 1, now + 1, 10, 0.0)[1] is None  # alone: all 10
+
+    busy = LocalCounts(in_flight=1)
+    assert local_admission(Quota(max_concurrency=3), busy, 2, now, 1, 0.0)[1] == (
+        "concurrency_limited", 1.0)  # fmt: skip
+    assert local_admission(Quota(max_concurrency=3), busy, 1, now, 1, 0.0)[1] is None
+
+    tpm = Quota(tokens_per_minute=100)
+    assert local_admission(tpm, LocalCounts(), 1, now, 101, 0.0)[1] == ("rate_limited", 60.0)
+
+    budget = Quota(budget=1.0, period="day")
+    spent = LocalCounts(budget_left=0.5, degraded_spent=0.2)
+    assert local_admission(budget, spent, 1, now, 1, 0.25)[1] is None
+    refusal = local_admission(budget, spent, 2, now, 1, 0.1)[1]  # share 0.25 < 0.2 + 0.1
+    assert refusal == ("budget_exceeded", 3600.0)  # until 00:00 UTC
 
 
 # -- concurrency --------------------------------------------------------------------------------
