@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from gateway.errors import status_of
 from gateway.guard import Verdict
 from gateway.limits import Reservation
+from gateway.requestlog import CANCELLED_STATUS, emit, request_record
 from gateway.state import AppState
 from registry.models import AdapterVersion, ApiKey, Arm, Release, Tenant
 
@@ -37,6 +38,7 @@ class Call:
     reservation: Reservation | None = None  # tenant limits; settled once in finish()
     verdict: Verdict = field(default_factory=Verdict)  # output checks, for the canary windows
     responded: bool = False  # the response has started: errors can only be stream events now
+    stream: bool = False
     finished: bool = False
 
     @property
@@ -94,3 +96,35 @@ def finish(state: AppState, call: Call, code: str) -> None:
     )  # fmt: skip
     if status != "ok":
         state.metrics.count_error(call.tenant_id, code)
+    if state.settings.request_log:
+        _log(call, code, status, duration, cost)
+
+
+def _log(call: Call, code: str, outcome: str, duration: float, cost: float) -> None:
+    if outcome == "ok":
+        http_status = 200
+    elif outcome == "cancelled":
+        http_status = CANCELLED_STATUS
+    else:
+        http_status = 200 if call.responded else status_of(code)  # a stream ends with an event
+    emit(
+        request_record(
+            request_id=call.request_id,
+            tenant=call.tenant_id,
+            key_id=call.key.key_id if call.key is not None else None,
+            model=call.alias,
+            release=call.release_id,
+            arm=call.arm if call.release is not None else None,
+            engine=call.headers.get("x-loragate-engine"),
+            stream=call.stream,
+            outcome=outcome,
+            code=None if outcome in ("ok", "cancelled") else code,
+            http_status=http_status,
+            duration_s=duration,
+            overhead_s=call.overhead,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            cost=cost,
+            now=time.time(),
+        )
+    )

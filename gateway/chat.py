@@ -121,6 +121,7 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
             max_tokens_cap=call.tenant.limits.max_tokens or state.settings.default_max_tokens_cap,
         )
         chat = parse_chat_request(body, limits)
+        call.stream = chat.stream
         snapshot = state.watcher.state
         rendering = resolve(state, snapshot, call, chat)
         call.headers["x-loragate-release"] = call.release_id

@@ -22,16 +22,25 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,  # loragate never uses the client address; saves work per request
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
+    writer = None
+    if settings.request_log:
+        from gateway.requestlog import start_writer
+
+        writer = start_writer()
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,  # the request log (LORAGATE_REQUEST_LOG) says more, as JSON
+            proxy_headers=False,  # loragate never uses the client address; saves work per request
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if writer is not None:
+            writer.stop()
     return 0
 
 

@@ -183,6 +183,7 @@ def up(args: argparse.Namespace) -> int:
             "LORAGATE_BASE_MODEL": BASE_MODEL_ID,
             "LORAGATE_ADAPTER_STORE": str(store.resolve()),
             "LORAGATE_BASE_ADAPTER": NULL_ADAPTER,  # adapter-less releases via the zero LoRA
+            "LORAGATE_REQUEST_LOG": "true",  # JSON lines in .loragate/logs/gateway.log
             "LORAGATE_PRICES": json.dumps(
                 {"default": {"prompt_per_1k": 0.0005, "completion_per_1k": 0.0015}}
             ),

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # Tenant limits (admission/settlement, 2 round trips per limited request) on a Redis of their
     # own: the registry's wants `appendfsync always`, per-second counters do not. Unset: redis_url.
     limits_redis_url: str | None = None
+    # One JSON line per tenant request on stdout (ids, route, outcome, timings, tokens, cost;
+    # never prompts, completions or keys): gateway/requestlog.py.
+    request_log: bool = False
     admin_token: SecretStr = SecretStr("")
     key_hmac_secret: SecretStr = SecretStr("")
 

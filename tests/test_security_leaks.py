@@ -49,7 +49,7 @@ async def test_s5_no_marker_in_logs_errors_metrics_or_redis(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    gw = await inprocess_gateway()
+    gw = await inprocess_gateway(request_log=True)  # its lines are in the logs checked below
     t = await gw.seed_tenant("leak", adapter=tiny_adapter_paths[0], limits={"max_tokens": 64})
     url = "/v1/chat/completions"
     msgs = [{"role": "user", "content": MARKER_PROMPT}]
@@ -87,3 +87,5 @@ async def test_s5_no_marker_in_logs_errors_metrics_or_redis(
     hmac_secret = gw.settings.key_hmac_secret.get_secret_value().encode()
     assert hash_key(hmac_secret, t.api_key).encode() in store  # keys exist only as HMACs
     assert len(gw.engine.requests) == 3  # the slice really reached the engine
+    lines = [r.getMessage() for r in caplog.records if r.name == "loragate.requests"]
+    assert len(lines) == len(slice_)  # one line per request, refused ones included
