@@ -187,6 +187,9 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
     async def metrics_endpoint(request: Request) -> Response:
         state: AppState = request.app.state.lg
         _pool_gauges(state.metrics, state.pool)  # at scrape time, not on every acquire/release
+        now = time.monotonic()
+        busy = {replica.name: replica.busy_seconds(now) for replica in state.pool.replicas}
+        state.metrics.add_engine_seconds(state.engine_time.settle(busy))
         state.metrics.set_registry_state(
             redis_up=state.watcher.redis_ok, epoch=state.watcher.state.epoch
         )

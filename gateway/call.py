@@ -96,6 +96,13 @@ def finish(state: AppState, call: Call, code: str) -> None:
     )  # fmt: skip
     if status != "ok":
         state.metrics.count_error(call.tenant_id, code)
+    engine = call.headers.get("x-loragate-engine")
+    if engine is not None:
+        state.engine_time.add_tokens(
+            engine,
+            (call.tenant_id, call.alias, call.release_id, call.arm),
+            call.prompt_tokens + call.completion_tokens,
+        )
     if state.settings.request_log:
         _log(call, code, status, duration, cost)
 

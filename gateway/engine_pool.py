@@ -69,9 +69,15 @@ class Replica:
     resident: OrderedDict[str, AdapterVersion] = field(default_factory=OrderedDict)
     users: dict[str, int] = field(default_factory=dict)  # engine name -> requests in flight
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    busy_s: float = 0.0  # seconds with at least one request in flight, up to busy_since
+    busy_since: float = 0.0
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
+
+    def busy_seconds(self, now: float) -> float:
+        """Cumulative seconds this gateway had a request in flight here (engine-time share)."""
+        return self.busy_s + (now - self.busy_since if self.in_flight > 0 else 0.0)
 
 
 @dataclass
@@ -238,6 +244,8 @@ class EnginePool:
             else:
                 replica.users[lease.engine_name] = left
         replica.in_flight -= 1
+        if replica.in_flight == 0:
+            replica.busy_s += time.monotonic() - replica.busy_since
         self._changed()
         self._wake(1)
 
@@ -287,6 +295,8 @@ class EnginePool:
                 choice = choose_replica(self.views(), engine_name, exclude=exclude)
         replica = self._by_name[choice.replica]
         replica.in_flight += 1
+        if replica.in_flight == 1:
+            replica.busy_since = time.monotonic()
         if engine_name is not None and count:
             if choice.miss:
                 self.misses += 1

@@ -24,7 +24,7 @@ Usage (the app factory owns the registry; the request path calls the typed metho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
@@ -213,6 +213,9 @@ class GatewayMetrics:
         self._tokens = counter("loragate_tokens", "Tokens by kind (prompt|completion).",
                                (*rel, "kind"))
         self._cost = counter("loragate_cost", f"Cost of served tokens, in {currency}.", rel)
+        self._engine_seconds = counter(
+            "loragate_engine_seconds",
+            "Engine replica busy time attributed by token share (gateway/engine_time.py).", rel)
         self._refusals = counter("loragate_refusals",
                                  "Completions that matched a refusal pattern.", rel)
         self._schema_violations = counter(
@@ -277,6 +280,7 @@ class GatewayMetrics:
             self._requests,
             self._tokens,
             self._cost,
+            self._engine_seconds,
             self._refusals,
             self._schema_violations,
         )  # fmt: skip
@@ -383,6 +387,13 @@ class GatewayMetrics:
             cost=self._cost.get(key),
             overhead=self._overhead.get((key[0],)),
         )
+
+    def add_engine_seconds(self, shares: Mapping[tuple[str, str, str, str], float]) -> None:
+        for (tenant, model, release, arm), seconds in shares.items():
+            if seconds > 0:
+                self._engine_seconds.get(self._release_key(tenant, model, release, arm)).inc(
+                    seconds
+                )
 
     def observe_ttft(self, tenant: str, model: str, release: str, arm: str, ttft_s: float) -> None:
         self._ttft.get(self._release_key(tenant, model, release, arm)).observe(ttft_s)

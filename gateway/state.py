@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from gateway.analysis import CanaryConfig, Windows
 from gateway.engine_pool import EnginePool
+from gateway.engine_time import EngineTime
 from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -35,3 +36,5 @@ class AppState:
     canary_windows: Windows = field(default_factory=lambda: Windows(CanaryConfig()))
     # what "no adapter" is served through (settings.base_adapter), None: the bare base model
     base_adapter: AdapterVersion | None = None
+    # replica busy time split by token share, settled into the metrics at scrape time
+    engine_time: EngineTime = field(default_factory=EngineTime)

@@ -118,6 +118,10 @@ def overview() -> dict[str, Any]:
         panel("Cost per hour by tenant",
               [(f"sum by (tenant) (rate(loragate_cost_total{rate})) * 3600", "{{tenant}}")],
               "currencyUSD", description="Currency: see loragate_cost_currency_info."),
+        panel("Engine time by tenant (replicas busy, by token share)",
+              [(f"sum by (tenant) (rate(loragate_engine_seconds_total{rate}))", "{{tenant}}")],
+              "short", description="Replica busy time split by token share: 1 = one replica "
+              "busy all the time for this tenant. Chargeback: multiply by the replica price/s."),
         panel("Budget used", [(
             "max by (tenant) (loragate_tenant_spend)"
             " / on (tenant) (max by (tenant) (loragate_tenant_budget) > 0)", "{{tenant}}")],
