@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal, Self
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adapters.artifact import validate_artifact
 from adapters.errors import EngineError
 from gateway.errors import ApiError
 from gateway.evaluation import evaluate_alias, gate_promotion
@@ -239,15 +238,7 @@ async def register_adapter(
 ) -> dict[str, Any]:
     _name(tenant, "tenant id")
     _name(adapter, "adapter name")
-    settings = state.settings
-    info = validate_artifact(
-        settings.adapter_store,
-        body.path,
-        base_model=settings.base_model,
-        max_rank=settings.max_lora_rank,
-        supported_modules=settings.supported_target_modules,
-        max_bytes=settings.max_adapter_bytes,
-    )
+    info = state.settings.validate_artifact(body.path)
     version = await state.store.register_adapter_version(
         tenant, adapter, info, metadata=body.metadata, actor=actor
     )

@@ -25,7 +25,6 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
-from adapters.artifact import validate_artifact
 from adapters.errors import AdapterError
 from gateway import admin_api, canary, tenant_api
 from gateway.analysis import Windows
@@ -226,14 +225,7 @@ def _base_adapter(settings: Settings) -> AdapterVersion | None:
     broken one stops startup: silently serving the bare base model is what it exists to avoid)."""
     if not settings.base_adapter:
         return None
-    info = validate_artifact(
-        settings.adapter_store,
-        settings.base_adapter,
-        base_model=settings.base_model,
-        max_rank=settings.max_lora_rank,
-        supported_modules=settings.supported_target_modules,
-        max_bytes=settings.max_adapter_bytes,
-    )
+    info = settings.validate_artifact(settings.base_adapter)
     return AdapterVersion(
         tenant="base", name="null", version=1, path=info.relpath, digest=info.digest,
         base_model=info.base_model, rank=info.rank, target_modules=info.target_modules,

@@ -104,10 +104,12 @@ def finish(state: AppState, call: Call, code: str) -> None:
             call.prompt_tokens + call.completion_tokens,
         )
     if state.settings.request_log:
-        _log(call, code, status, duration, cost)
+        _log(call, engine, code, status, duration, cost)
 
 
-def _log(call: Call, code: str, outcome: str, duration: float, cost: float) -> None:
+def _log(
+    call: Call, engine: str | None, code: str, outcome: str, duration: float, cost: float
+) -> None:
     if outcome == "ok":
         http_status = 200
     elif outcome == "cancelled":
@@ -122,7 +124,7 @@ def _log(call: Call, code: str, outcome: str, duration: float, cost: float) -> N
             model=call.alias,
             release=call.release_id,
             arm=call.arm if call.release is not None else None,
-            engine=call.headers.get("x-loragate-engine"),
+            engine=engine,
             stream=call.stream,
             outcome=outcome,
             code=None if outcome in ("ok", "cancelled") else code,

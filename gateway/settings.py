@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from adapters.artifact import ArtifactInfo, validate_artifact
 from gateway.analysis import CanaryConfig
 
 
@@ -97,6 +98,17 @@ class Settings(BaseSettings):
 
     def price_for(self, plan: str) -> Price:
         return self.prices.get(plan) or self.prices.get("default") or Price()
+
+    def validate_artifact(self, relpath: str) -> ArtifactInfo:
+        """An adapter under the store, checked against this gateway's base model and limits."""
+        return validate_artifact(
+            self.adapter_store,
+            relpath,
+            base_model=self.base_model,
+            max_rank=self.max_lora_rank,
+            supported_modules=self.supported_target_modules,
+            max_bytes=self.max_adapter_bytes,
+        )
 
     @classmethod
     def from_file(cls, path: Path, **overrides: Any) -> Settings:
