@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.engine_process import EngineProcess
 from tests.fixtures.gateway import GatewayFactory
 from tests.fixtures.models import TinyModels
+from tests.fixtures.traffic import metric
 
 pytestmark = pytest.mark.engine
 
@@ -30,15 +30,6 @@ UNSATISFIABLE = {
 }
 MIN_REQUESTS = 8
 DEADLINE_S = 150.0
-
-
-def _metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 def _body(alias: str, user: str) -> dict[str, Any]:
@@ -127,6 +118,6 @@ def test_a_canary_violating_its_schema_is_rolled_back_while_traffic_flows(
     assert numbers is not None, reason
     assert MIN_REQUESTS <= int(numbers[1]) == int(numbers[2]) <= served[canary]
     assert re.search(r"stable n=(\d+) errors=0 refusals=0 schema_violations=0", reason), reason
-    assert _metric(gw.url, "loragate_auto_rollbacks_total", tenant="acme", model=acme.alias) == 1
+    assert metric(gw.url, "loragate_auto_rollbacks_total", tenant="acme", model=acme.alias) == 1
     # (Per-release series of a release the alias can no longer route to are dropped from
     # /metrics by design, so the canary's violation counter is not asserted after the rollback.)
