@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+
 import pytest
 
 pytest_plugins = [
@@ -29,3 +32,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _collect_own_garbage() -> Iterator[None]:
+    """A full collection after every test, so an unclosed socket or transport a test leaves behind
+    raises its ResourceWarning (an error here) in that test's teardown, not in whichever later
+    test happens to trigger the collection."""
+    yield
+    gc.collect()
