@@ -4,6 +4,7 @@ on the tiny model, per-tenant LoRA adapters and system prompts."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -38,8 +39,21 @@ def stack(
     return gw, a, b
 
 
+_CLIENTS: list[OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Each SDK client holds pooled connections: closed after the test, not left to the collector."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def _client(gw: GatewayProcess, key: str) -> OpenAI:
-    return OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=60)
+    client = OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=60)
+    _CLIENTS.append(client)
+    return client
 
 
 def _complete(client: OpenAI, model: str, extra_body: object | None = None) -> str:
