@@ -3,15 +3,21 @@ each fault does what the pool and limits tests rely on, and `clear()` restores a
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import socket
+import threading
 import time
+from functools import partial
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.fixtures.faultproxy import FaultProxyFactory
+from tests.fixtures.faultproxy import FaultProxy, FaultProxyFactory
 from tests.fixtures.redis import RedisServer
+from tests.fixtures.traffic import wait_for
 
 
 def _client(port: int) -> redis.Redis:
@@ -56,3 +62,44 @@ def test_latency_freeze_reset_refuse_and_clear(
     finally:
         client.delete("faultproxy:k")
         client.close()
+
+
+def _accepted_at_least(proxy: FaultProxy, n: int) -> bool:
+    return proxy.accepted >= n
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_stop_under_a_connection_storm_closes_every_socket(
+    redis_server: RedisServer, refuse: bool
+) -> None:
+    """A gateway probes its engines every 0.25 s, so a test's proxy is stopped while connections
+    arrive. Every socket must be closed when stop() returns: CI once failed on one left open (an
+    accept in flight when the server closed, which Python 3.11 leaks). ResourceWarnings are errors
+    and the autouse collection after each test surfaces any left behind."""
+    for _ in range(10):
+        proxy = FaultProxy(redis_server.port)
+        proxy.start()
+        proxy.set(refuse=refuse)
+        stop = threading.Event()
+
+        def storm(port: int = proxy.port, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2) as s,
+                ):
+                    s.sendall(b"PING\r\n")
+
+        threads = [threading.Thread(target=storm) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(partial(_accepted_at_least, proxy, 20), 10, "20 accepted connections")
+            proxy.stop()
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+        assert not any(t.is_alive() for t in threads)
+        del proxy
+        gc.collect()  # here, inside the loop: a leak fails on the round that made it
