@@ -24,9 +24,9 @@ QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell 
 
 @pytest.fixture(scope="module")
 def stack(
-    gateway_factory: GatewayFactory, engine: EngineProcess, tiny_models: TinyModels
+    module_gateway_factory: GatewayFactory, engine: EngineProcess, tiny_models: TinyModels
 ) -> tuple[GatewayProcess, SeededTenant, SeededTenant]:
-    gw = gateway_factory(engines=[engine.url])
+    gw = module_gateway_factory(engines=[engine.url])
     a = gw.seed_tenant(
         "acme", adapter=tiny_models.adapter_relpaths[0], system_prompt="You are Acme support.",
         alias="support", limits={"max_tokens": 64},

@@ -57,8 +57,8 @@ def _dump(gw: GatewayProcess) -> dict[bytes, Any]:
 
 
 @pytest.fixture(scope="module")
-def gw(gateway_factory: GatewayFactory, engine: EngineProcess) -> GatewayProcess:
-    return gateway_factory(engines=[engine.url], max_lora_rank=8)
+def gw(module_gateway_factory: GatewayFactory, engine: EngineProcess) -> GatewayProcess:
+    return module_gateway_factory(engines=[engine.url], max_lora_rank=8)
 
 
 @pytest.fixture(scope="module")

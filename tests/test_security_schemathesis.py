@@ -97,8 +97,8 @@ def s2_engine() -> Iterator[FakeEngine]:
 
 
 @pytest.fixture(scope="module")
-def s2_gateway(gateway_factory: GatewayFactory, s2_engine: FakeEngine) -> GatewayProcess:
-    gw = gateway_factory(engines=[s2_engine.url])
+def s2_gateway(module_gateway_factory: GatewayFactory, s2_engine: FakeEngine) -> GatewayProcess:
+    gw = module_gateway_factory(engines=[s2_engine.url])
     gw.wait_ready()
     return gw
 
