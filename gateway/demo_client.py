@@ -197,11 +197,5 @@ def run_traffic(
 
 
 def scrape_metric(url: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(url + "/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
+    value = observe.sample_value(httpx.get(url + "/metrics", timeout=10).text, name, **labels)
+    return 0.0 if value is None else value

@@ -1,4 +1,5 @@
-"""Pure helpers for `loragate demo observe`: dashboard panel queries, Prometheus config, tables.
+"""Pure helpers for `loragate demo observe`: dashboard panel queries, Prometheus config, tables,
+one sample read from a /metrics text.
 
 Why here and not in deploy/grafana/queries.py: the `loragate` console script only imports the
 installed packages (gateway, registry, adapters), so the few lines that walk a dashboard live here;
@@ -18,6 +19,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 # Grafana's built-in interval variables, replaced by values Prometheus accepts for a short run.
 BUILTIN_VARIABLES: dict[str, str] = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
@@ -68,6 +71,15 @@ def has_data(response: Mapping[str, Any]) -> bool:
     data = response["data"]
     result = [{"value": data["result"]}] if data["resultType"] == "scalar" else data["result"]
     return any(not math.isnan(float(sample["value"][1])) for sample in result)
+
+
+def sample_value(exposition: str, name: str, **labels: str) -> float | None:
+    """The first sample `name` whose labels include `labels`, in a /metrics text; None if absent."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
 
 
 def prometheus_config(

@@ -61,3 +61,15 @@ def test_tables_name_the_empty_panel_and_each_rule() -> None:
         [{"group": "g", "type": "alerting", "name": "A", "health": "ok", "state": "inactive"}]
     )
     assert rules.splitlines()[1].split() == ["g", "alert", "A", "ok", "inactive"]
+
+
+def test_sample_value_matches_name_and_a_subset_of_labels() -> None:
+    text = (
+        "# TYPE loragate_requests counter\n"
+        'loragate_requests_total{tenant="acme",model="support",code="200"} 3.0\n'
+        'loragate_requests_total{tenant="globex",model="chat",code="200"} 5.0\n'
+    )
+    assert observe.sample_value(text, "loragate_requests_total", tenant="globex") == 5.0
+    assert observe.sample_value(text, "loragate_requests_total") == 3.0  # the first one
+    assert observe.sample_value(text, "loragate_requests_total", tenant="initech") is None
+    assert observe.sample_value(text, "loragate_requests", tenant="acme") is None  # family name
