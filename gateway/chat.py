@@ -147,7 +147,6 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()  # the cancellation was ours: the client left
-        finish(state, call, "cancelled")
     except ClientGone:
         finish(state, call, "cancelled")
     except Exception as exc:
