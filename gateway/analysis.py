@@ -200,13 +200,19 @@ class Windows:
             window = self._windows[key] = deque(maxlen=self.config.max_samples)
         window.append(Outcome(self._clock(), status != "ok", duration_s, refusal, schema_violation))
 
-    def stats(self, key: WindowKey, *, now: float | None = None) -> ArmStats:
+    def stats(
+        self, key: WindowKey, *, now: float | None = None, since: float | None = None
+    ) -> ArmStats:
+        """The window's outcomes, optionally only those at or after `since` (the guard compares
+        the stable arm over the canary's lifetime only: the same traffic period)."""
         window = self._windows.get(key)
         if not window:
             return ArmStats()
         horizon = (self._clock() if now is None else now) - self.config.window_s
         while window and window[0].at < horizon:
             window.popleft()
+        if since is not None and since > horizon:
+            return summarize(o for o in window if o.at >= since)
         return summarize(window)
 
     def reset(self, key: WindowKey) -> None:

@@ -86,7 +86,12 @@ class CanaryGuard:
         if release is None:
             return None
         now = self._clock()
-        stable = self.windows.stats((alias.tenant, alias.alias, "stable", alias.stable), now=now)
+        # A concurrent comparison: stable outcomes from before the canary started (another
+        # period, another load) do not count. Wall-clock start -> this process's monotonic clock.
+        started = rollout.canary_started_at(alias)
+        since = None if started is None else now - max(0.0, self._wall() - started)
+        stable_key = (alias.tenant, alias.alias, "stable", alias.stable)
+        stable = self.windows.stats(stable_key, now=now, since=since)
         canary = self.windows.stats((alias.tenant, alias.alias, "canary", alias.canary), now=now)
         config = self.windows.config
         promote_min = config.promote_min_requests if config.auto_promote else None

@@ -85,6 +85,17 @@ def start_canary(
     return _advance(alias, "canary", now=now, reason=reason, canary=release_id, canary_weight=w)
 
 
+def canary_started_at(alias: Alias) -> float | None:
+    """When the running canary was started (its newest `canary` history entry, wall seconds);
+    None without a canary, or when that entry has aged out of the bounded history."""
+    if alias.canary is None:
+        return None
+    for entry in reversed(alias.history):
+        if entry.action == "canary" and entry.canary == alias.canary:
+            return entry.at
+    return None
+
+
 def set_weight(alias: Alias, weight: float, *, now: float) -> Alias:
     w = _check_weight(weight)
     if alias.canary is None:

@@ -226,3 +226,21 @@ def test_windows_are_bounded_and_pruned() -> None:
     windows.prune(lambda key: key[2] == "stable")
     assert len(windows) == 1
     assert windows.stats(("acme", "support", "canary", "support-r2")) == ArmStats()
+
+
+def test_stats_since_counts_only_the_later_outcomes() -> None:
+    clock = Clock()
+    windows = Windows(CanaryConfig(window_s=60.0), clock=clock)
+    key = ("acme", "support", "stable", "support-r1")
+    for _ in range(5):
+        windows.observe(
+            "acme", "support", "stable", "support-r1", "server_error", 0.1, False, False
+        )
+    started = clock.now + 1.0
+    clock.now += 2.0
+    for _ in range(3):
+        windows.observe("acme", "support", "stable", "support-r1", "ok", 0.1, False, False)
+    assert (windows.stats(key).requests, windows.stats(key).errors) == (8, 5)
+    since = windows.stats(key, since=started)
+    assert (since.requests, since.errors) == (3, 0)
+    assert windows.stats(key, since=started - 3600).requests == 8  # before the window: all of it

@@ -103,6 +103,40 @@ async def test_bad_canary_is_rolled_back_with_the_numbers_in_the_audit(
     assert len(gw.windows) == 1  # the canary's window was pruned
 
 
+async def test_stable_outcomes_from_before_the_canary_started_do_not_count(
+    gateways: list[Gateway], registry_store: RegistryStore
+) -> None:
+    """A concurrent comparison: a stable arm that failed before the canary started (another
+    period) must not excuse a failing canary, nor fill the stable arm's minimum sample."""
+    gw = gateways[0]
+    now = [1000.0]  # one monotonic clock for the windows and the guard; wall = WALL0 + it
+    wall0 = 1_700_000_000.0
+    windows = Windows(CanaryConfig(), clock=lambda: now[0])
+    guard = CanaryGuard(
+        windows, registry_store, gw.watcher, gw.metrics,
+        clock=lambda: now[0], wall_clock=lambda: wall0 + now[0],
+    )  # fmt: skip
+
+    def traffic(arm: str, release: str, n: int, status: str) -> None:
+        for _ in range(n):
+            windows.observe("acme", "support", arm, release, status, 0.05, False, False)
+
+    traffic("stable", "support-r1", 30, "server_error")  # an incident, before the canary
+    await registry_store.mutate_alias(
+        "acme", "support", expected_revision=2, actor="root", action="canary",
+        change=lambda a: rollout.start_canary(a, "support-r2", 0.5, now=wall0 + 1010.0),
+    )  # fmt: skip
+    await gw.watcher.refresh()
+    now[0] = 1020.0
+    traffic("canary", "support-r2", 10, "server_error")
+    assert await guard.tick() == []  # no stable sample since the start: wait
+    traffic("stable", "support-r1", 10, "ok")
+    (action,) = await guard.tick()
+    assert action.action == "auto_rollback"
+    assert "stable n=10 errors=0" in action.decision.reason
+    assert "error rate 1.000 vs stable 0.000" in action.decision.reason
+
+
 async def test_racing_guards_exactly_one_wins(
     gateways: list[Gateway], registry_store: RegistryStore
 ) -> None:

@@ -86,6 +86,20 @@ def test_history_is_bounded() -> None:
     assert alias.history[-1].revision == alias.revision
 
 
+def test_canary_started_at_is_the_running_canarys_start() -> None:
+    a = rollout.first_release("acme", "support", "support-r1", now=NOW)
+    assert rollout.canary_started_at(a) is None
+    b = rollout.start_canary(a, "support-r2", 0.1, now=NOW + 10)
+    c = rollout.set_weight(b, 0.5, now=NOW + 20)  # a new weight is not a new start
+    assert rollout.canary_started_at(c) == NOW + 10
+    d = rollout.start_canary(c, "support-r3", 0.1, now=NOW + 30)  # replaced: its own start
+    assert rollout.canary_started_at(d) == NOW + 30
+    assert rollout.canary_started_at(rollout.rollback(d, "bad", now=NOW + 40)) is None
+    for i in range(rollout.HISTORY_LIMIT):
+        d = rollout.set_weight(d, 0.2, now=NOW + 50 + i)
+    assert rollout.canary_started_at(d) is None  # the start aged out: no cut
+
+
 def test_canary_share_is_close_to_the_weight() -> None:
     keys = [f"user-{i}" for i in range(10_000)]
     for weight in (0.01, 0.1, 0.25, 0.5, 0.9):
