@@ -109,7 +109,7 @@ async def test_stable_outcomes_from_before_the_canary_started_do_not_count(
     """A concurrent comparison: a stable arm that failed before the canary started (another
     period) must not excuse a failing canary, nor fill the stable arm's minimum sample."""
     gw = gateways[0]
-    now = [1000.0]  # one monotonic clock for the windows and the guard; wall = WALL0 + it
+    now = [1000.0]  # one monotonic clock for the windows and the guard; wall = wall0 + it
     wall0 = 1_700_000_000.0
     windows = Windows(CanaryConfig(), clock=lambda: now[0])
     guard = CanaryGuard(
