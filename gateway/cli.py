@@ -24,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     writer = None
     if settings.request_log:
-        from gateway.requestlog import start_writer
+        from gateway.observability.requestlog import start_writer
 
         writer = start_writer()
     try:
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, help="JSON settings file")
     serve.set_defaults(func=_serve)
 
-    from gateway import admin_cli, demo
+    from gateway import demo
+    from gateway.admin import cli as admin_cli
 
     admin_cli.register(sub)
     demo.register(sub)

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import orjson
-from starlette.responses import Response
-
 from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
 from registry.errors import (
     AlreadyExists,
@@ -111,7 +108,8 @@ class ApiError(Exception):
             }
         }
 
-    def to_response(self, extra_headers: dict[str, str] | None = None) -> Response:
+    def response_headers(self, extra_headers: dict[str, str] | None = None) -> dict[str, str]:
+        """The error's headers with `retry-after` in whole seconds where the code asks for one."""
         headers = dict(self.headers)
         if extra_headers:
             headers.update(extra_headers)
@@ -120,12 +118,7 @@ class ApiError(Exception):
             retry = RETRY_AFTER_CODES[self.code]
         if retry is not None:
             headers["retry-after"] = str(max(1, int(retry + 0.999)))
-        return Response(
-            orjson.dumps(self.body()),
-            status_code=self.status,
-            media_type="application/json",
-            headers=headers,
-        )
+        return headers
 
 
 def model_not_found(alias: str) -> ApiError:

@@ -9,7 +9,8 @@ instead of FastAPI's `HTTPValidationError`, which loragate never sends.
     app = FastAPI(...)
     install_openapi(app)      # app.openapi() builds the document once, on first use
 
-The document is data built from tables (pure; no I/O). `tests/test_security_schemathesis.py`
+The document is data built from tables (pure; no I/O).
+`tests/security/test_security_schemathesis.py`
 holds the gateway to it.
 """
 
@@ -21,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway.errors import CODES, RETRY_AFTER_CODES
-from gateway.render import FORBIDDEN, NUMERIC, ROLES
+from gateway.serving.render import FORBIDDEN, NUMERIC, ROLES
 from registry.models import NAME_PATTERN
 
 TENANT_SCHEME = "TenantKey"
@@ -188,7 +189,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sampling() -> dict[str, Any]:
-    """The numeric pass-through fields, with the bounds `gateway.render` enforces."""
+    """The numeric pass-through fields, with the bounds `gateway.serving.render` enforces."""
     out: dict[str, Any] = {}
     for name, (kind, low, high) in NUMERIC.items():
         kind_name = "integer" if kind is int else "number"

@@ -15,7 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters.artifact import ArtifactInfo, validate_artifact
-from gateway.analysis import CanaryConfig
+
+
+class CanaryConfig(BaseModel):
+    """Guard settings (`LORAGATE_CANARY='{"window_s": 60}'`); thresholds live on each release."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    interval_s: float = Field(default=1.0, gt=0)
+    window_s: float = Field(default=300.0, gt=0)
+    max_samples: int = Field(default=2000, ge=10)  # per (tenant, alias, arm, release)
+    # Auto-promotion (off by default): after `promote_min_requests` clean canary requests in the
+    # window, with both arms above the minimum sample and nothing exceeded, the canary is promoted.
+    auto_promote: bool = False
+    promote_min_requests: int = Field(default=200, ge=1)
 
 
 class Price(BaseModel):
@@ -42,7 +56,7 @@ class Settings(BaseSettings):
     # own: the registry's wants `appendfsync always`, per-second counters do not. Unset: redis_url.
     limits_redis_url: str | None = None
     # One JSON line per tenant request on stdout (ids, route, outcome, timings, tokens, cost;
-    # never prompts, completions or keys): gateway/requestlog.py.
+    # never prompts, completions or keys): gateway/observability/requestlog.py.
     request_log: bool = False
     admin_token: SecretStr = SecretStr("")
     key_hmac_secret: SecretStr = SecretStr("")
@@ -90,7 +104,7 @@ class Settings(BaseSettings):
     currency: str = "USD"
     prices: dict[str, Price] = Field(default_factory=lambda: {"default": Price()})
 
-    # Canary guard (gateway/canary.py): auto-rollback on, auto-promotion off by default.
+    # Canary guard (gateway/rollout/guard.py): auto-rollback on, auto-promotion off by default.
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
 
     snapshot_max_staleness_s: float = 300.0

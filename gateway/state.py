@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 import aiohttp
 import redis.asyncio as aioredis
 
-from gateway.analysis import CanaryConfig, Windows
-from gateway.engine_pool import EnginePool
-from gateway.engine_time import EngineTime
-from gateway.limits import Limiter
-from gateway.metrics import GatewayMetrics
-from gateway.settings import Settings
+from gateway.engines.pool import EnginePool
+from gateway.limits.limiter import Limiter
+from gateway.observability.engine_time import EngineTime
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.windows import Windows
+from gateway.settings import CanaryConfig, Settings
 from registry.models import AdapterVersion
 from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
@@ -32,7 +32,7 @@ class AppState:
     limiter: Limiter  # tenant limits: admit before the engine, settle after
     # engine adapter names -> requests in flight, so old versions unload only when unused
     draining: set[str] = field(default_factory=set)
-    # canary analysis: outcome windows fed by the chat pipeline, judged by gateway/canary.py
+    # canary analysis: outcome windows fed by the chat pipeline, judged by gateway/rollout/guard.py
     canary_windows: Windows = field(default_factory=lambda: Windows(CanaryConfig()))
     # what "no adapter" is served through (settings.base_adapter), None: the bare base model
     base_adapter: AdapterVersion | None = None

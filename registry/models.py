@@ -97,7 +97,8 @@ class AdapterVersion(Record):
 
     @property
     def engine_name(self) -> str:
-        """Immutable engine-side adapter name; never reused for other weights (ENGINE.md caveat)."""
+        """Immutable engine-side adapter name; never reused for other weights (a vLLM caveat in
+        deploy/ENGINE.md)."""
         short = self.digest.removeprefix("sha256:")[:12]
         return f"lg-{self.tenant}-{self.name}-v{self.version}-{short}"
 

@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from registry.errors import NotFound, RegistryUnavailable
 from registry.keyspace import Keyspace
 from registry.refs import check_name
-from registry.snapshot import RegistryState, parse_state
+from registry.state import RegistryState, parse_state
 from registry.writes import WriteSpec
 
 

@@ -7,7 +7,7 @@ it against a real Prometheus; `metric_names` is the (deliberately small) PromQL 
     for expr in iter_panel_queries(Path("deploy/grafana/dashboards/overview.json")):
         print(substitute_variables(expr, {"tenant": "acme"}))
 
-Panel walking and `$variable` substitution are `gateway.observe`'s (what `loragate demo observe`
+Panel walking and `$variable` substitution are `gateway.demo.panels`'s (what `loragate demo observe`
 runs against a live stack), re-exported here: one implementation for the demo and the tests.
 """
 
@@ -17,8 +17,8 @@ import json
 import re
 from pathlib import Path
 
-from gateway.observe import BUILTIN_VARIABLES, iter_dashboard_panels
-from gateway.observe import substitute as substitute_variables
+from gateway.demo.panels import BUILTIN_VARIABLES, iter_dashboard_panels
+from gateway.demo.panels import substitute as substitute_variables
 
 __all__ = [
     "BUILTIN_VARIABLES",

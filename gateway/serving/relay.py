@@ -1,0 +1,253 @@
+"""Engine side of a chat request: lease a replica, open the request, relay the answer.
+
+    lease, response = await open_engine(state, call, engine_body)   # retries before any byte
+    await complete(state, send, call, chat, engine_body, guard, watch)   # or stream(...)
+
+Both relays run in the request's own task: a client that disconnects cancels it (see
+`gateway.serving.asgi.Disconnect`), which closes the engine connection, and vLLM aborts the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from starlette.types import Send
+
+from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
+from gateway.engines.pool import Lease
+from gateway.engines.upstream import UpstreamError, UpstreamFailed, open_chat
+from gateway.errors import ApiError
+from gateway.serving.asgi import SSE, Disconnect, raw_headers, send_body, send_error
+from gateway.serving.call import Call, finish, record_guard
+from gateway.serving.output_checks import OutputGuard
+from gateway.serving.render import ChatRequest
+from gateway.serving.sse import DONE, DONE_EVENT, SseParser, SseProtocolError, error_event
+from gateway.state import AppState
+
+log = logging.getLogger("loragate.chat")
+MAX_ATTEMPTS = 2
+
+
+async def open_engine(
+    state: AppState, call: Call, engine_body: dict[str, Any]
+) -> tuple[Lease, aiohttp.ClientResponse]:
+    """Lease a replica and open the engine request, retrying elsewhere before any byte is sent."""
+    pool = state.pool
+    settings = state.settings
+    exclude: frozenset[str] = frozenset()
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            lease = await pool.acquire(call.adapter, exclude=exclude)
+        except (EngineUnavailable, EngineLoadFailed):
+            if attempt + 1 >= MAX_ATTEMPTS:
+                raise
+            continue
+        except ArtifactError as exc:
+            log.error("adapter artifact failed its digest check: %s", exc.code)
+            raise ApiError("adapter_load_failed", "The adapter could not be loaded.") from None
+        engine_body["model"] = lease.engine_model
+        call.overhead += time.perf_counter() - call.started
+        try:
+            response = await open_chat(
+                state.session,
+                lease.replica.url,
+                engine_body,
+                connect_timeout=settings.engine_connect_timeout_s,
+                read_timeout=settings.engine_read_timeout_s,
+            )
+        except UpstreamFailed:
+            pool.release(lease)
+            pool.report_failure(lease.replica)
+            exclude = exclude | {lease.replica.name}
+            call.started = time.perf_counter() - call.overhead
+            continue
+        except UpstreamError as exc:
+            pool.release(lease)
+            if exc.status == 404 and lease.engine_name is not None and attempt + 1 < MAX_ATTEMPTS:
+                pool.forget(lease.replica, lease.engine_name)  # engine restarted: load again
+                continue
+            raise ApiError(
+                "invalid_request", _scrub(exc.message, lease.engine_model, call)
+            ) from None
+        except BaseException:
+            pool.release(lease)
+            raise
+        pool.report_success(lease.replica)
+        call.headers["x-loragate-engine"] = lease.replica.name
+        return lease, response
+    raise ApiError(
+        "engine_unavailable", "No engine replica could serve the request; retry shortly."
+    )
+
+
+def _scrub(message: str, engine_model: str, call: Call) -> str:
+    """Engine messages may name the engine adapter; tenants only ever see their alias."""
+    return message.replace(engine_model, call.alias)[:500]
+
+
+async def complete(
+    state: AppState,
+    send: Send,
+    call: Call,
+    chat: ChatRequest,
+    engine_body: dict[str, Any],
+    guard: OutputGuard,
+    watch: Disconnect,
+) -> None:
+    lease, response = await open_engine(state, call, engine_body)
+    try:
+        raw = await response.read()
+        response.release()
+    except BaseException as exc:
+        response.close()  # drops the connection: vLLM aborts the request
+        if isinstance(exc, aiohttp.ClientError | TimeoutError):
+            raise ApiError("engine_unavailable", "The engine failed during the request.") from None
+        raise
+    finally:
+        state.pool.release(lease)
+    t_post = time.perf_counter()
+    data = orjson.loads(raw)
+    data["model"] = chat.alias
+    usage = data.get("usage") or {}
+    call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    call.completion_tokens = int(usage.get("completion_tokens") or 0)
+    if guard.active:
+        choices = data.get("choices") or []
+        text = ""
+        if choices and isinstance(choices[0], dict):
+            text = str((choices[0].get("message") or {}).get("content") or "")
+        verdict = guard.check(text)
+        record_guard(state, call, verdict)
+        if verdict.schema_violation and guard.reject:
+            watch.stop()
+            finish(state, call, "schema_violation")
+            error = ApiError(
+                "schema_violation", "The model output did not match the release's schema."
+            )
+            await send_error(send, error, call.headers)
+            return
+    payload = orjson.dumps(data)
+    call.overhead += time.perf_counter() - t_post
+    watch.stop()
+    finish(state, call, "ok")
+    await send_body(send, 200, payload, call.headers)
+
+
+async def stream(
+    state: AppState,
+    send: Send,
+    call: Call,
+    chat: ChatRequest,
+    engine_body: dict[str, Any],
+    guard: OutputGuard,
+    watch: Disconnect,
+) -> None:
+    # The watcher is already running: a client that leaves while the engine queues or prefills
+    # cancels this task, and the engine request with it.
+    lease, response = await open_engine(state, call, engine_body)
+    clean = False
+    try:
+        headers = raw_headers(call.headers, SSE)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        call.responded = True
+        status, tail = await _relay(state, send, call, chat, response, guard)
+        clean = status == "ok"
+        watch.stop()
+        finish(state, call, status)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    finally:
+        if clean:
+            response.release()
+        else:
+            response.close()  # abort at the engine
+        state.pool.release(lease)
+
+
+async def _relay(
+    state: AppState,
+    send: Send,
+    call: Call,
+    chat: ChatRequest,
+    response: aiohttp.ClientResponse,
+    guard: OutputGuard,
+) -> tuple[str, bytes]:
+    """Relay engine events until [DONE]; returns the outcome and the stream's last bytes.
+    Events that arrive in one engine read leave in one write."""
+    parser = SseParser()
+    saw_done = False
+    first_at: float | None = None
+    last_at = 0.0
+    text: list[str] = []
+    gaps: list[float] = []
+    alias = chat.alias
+    include_usage = chat.include_usage
+    collect = guard.active
+    try:
+        async for chunk in response.content.iter_any():
+            out: list[bytes] = []
+            t = time.perf_counter()
+            for payload in parser.feed(chunk):
+                if payload == DONE:
+                    saw_done = True
+                    continue
+                obj = orjson.loads(payload)
+                if "error" in obj and "choices" not in obj:
+                    if out:
+                        await send({"type": "http.response.body", "body": b"".join(out),
+                                    "more_body": True})  # fmt: skip
+                    return "engine_error", error_event(
+                        "engine_error", "The engine failed mid-stream."
+                    )
+                obj["model"] = alias
+                usage = obj.get("usage")
+                if usage:
+                    call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    call.completion_tokens = int(usage.get("completion_tokens") or 0)
+                choices = obj.get("choices")
+                if not choices:
+                    if usage and include_usage:
+                        out.append(b"data: " + orjson.dumps(obj) + b"\n\n")
+                    continue
+                if not include_usage:
+                    obj.pop("usage", None)
+                if collect:
+                    delta = choices[0].get("delta") or {}
+                    if isinstance(delta.get("content"), str):
+                        text.append(delta["content"])
+                out.append(b"data: " + orjson.dumps(obj) + b"\n\n")
+            if not out:
+                continue
+            now = time.perf_counter()
+            call.overhead += now - t
+            if first_at is None:
+                first_at = now
+                state.metrics.observe_ttft(
+                    call.tenant_id, call.alias, call.release_id, call.arm, now - call.started
+                )
+            else:
+                gaps.append(now - last_at)
+            last_at = now
+            await send(
+                {"type": "http.response.body", "body": b"".join(out) if len(out) > 1 else out[0],
+                 "more_body": True}
+            )  # fmt: skip
+        if not saw_done:
+            return "engine_error", error_event(
+                "engine_error", "The engine stream ended unexpectedly."
+            )
+        verdict = guard.check("".join(text))
+        record_guard(state, call, verdict)
+        if verdict.schema_violation and guard.reject:
+            return "schema_violation", error_event(
+                "schema_violation", "The model output did not match the schema."
+            )
+        return "ok", DONE_EVENT
+    except (aiohttp.ClientError, TimeoutError, SseProtocolError, orjson.JSONDecodeError):
+        return "engine_error", error_event("engine_error", "The engine failed mid-stream.")
+    finally:
+        if gaps:
+            state.metrics.observe_itl(call.tenant_id, call.alias, call.release_id, call.arm, gaps)

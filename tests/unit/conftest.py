@@ -1,0 +1,11 @@
+"""Tier `unit`: no process: pure functions and in-memory objects, seconds in all (make test-fast)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fixtures.tiers import mark_tier
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_tier(items, __file__, "unit", timeout_s=10)
