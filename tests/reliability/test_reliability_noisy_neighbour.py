@@ -17,6 +17,7 @@ tenant never sent one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ import pytest
 from adapters.engine_process import EngineProcess
 from tests.fixtures.engine import EngineFactory
 from tests.fixtures.gateway import GatewayFactory
-from tests.fixtures.traffic import auth, chat_body, metric, wait_for
+from tests.fixtures.traffic import auth, chat_body, metric, metric_sum, wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
@@ -79,10 +80,8 @@ class Flood:
             assert response.status_code in (429, 503), response.text
             self.refused += 1
             retry = float(response.headers.get("retry-after", "1"))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), retry)
-            except TimeoutError:
-                pass
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._loop()) for _ in range(FLOOD)]
@@ -132,9 +131,85 @@ async def test_r13_quiet_tenant_is_served_beside_a_flood(
         f"{p50_mixed * 1000:.0f} ms beside {FLOOD} flood requests in flight "
         f"({p50_mixed / p50_alone:.2f}x, max {max(mixed) * 1000:.0f} ms), {QUIET_N}/{QUIET_N} "
         f"served; engine throughput {flood_alone:.1f} req/s flood alone, {engine_mixed:.1f} req/s "
-        f"with the quiet tenant ({engine_mixed / flood_alone:.2f}x); flood refused "
-        f"{flood.refused} times (429 queue_limited, its own excess)"
+        f"with the quiet tenant ({engine_mixed / flood_alone:.2f}x); flood requests refused "
+        f"{flood.refused} times (its own excess: 429 queue_limited, or 503 after the queue timeout)"
     )
     assert len(mixed) == QUIET_N  # every quiet request served (any error raised above)
     assert p50_mixed <= 3 * p50_alone
     assert engine_mixed >= 0.9 * flood_alone
+
+
+async def _first_token_at(
+    client: httpx.AsyncClient,
+    key: str,
+    alias: str,
+    max_tokens: int,
+    sent: dict[str, float],
+    name: str,
+) -> float:
+    """Send a stream; return when its first payload arrived (the engine scheduled it)."""
+    body = chat_body(alias, stream=True, max_tokens=max_tokens)
+    sent[name] = time.monotonic()
+    first = 0.0
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers=auth(key)) as r:
+        assert r.status_code == 200, await r.aread()
+        async for line in r.aiter_lines():
+            if line.startswith("data: ") and not first:
+                first = time.monotonic()
+            if line == "data: [DONE]":
+                break
+    assert first
+    return first
+
+
+def _engine_queue(url: str) -> tuple[float, float]:
+    return metric_sum(url, "vllm:num_requests_running"), metric_sum(
+        url, "vllm:num_requests_waiting"
+    )
+
+
+async def test_r13_interactive_request_starts_before_earlier_batch_ones_in_the_engine(
+    gateway_factory: GatewayFactory, priority_engine: EngineProcess
+) -> None:
+    gw = gateway_factory(
+        engines=[priority_engine.url], engine_max_concurrency=4 * SEQS,
+        engine_priority_scheduling=True,
+    )  # fmt: skip
+    bulk = gw.seed_tenant("bulk", adapter=None)
+    urgent = gw.seed_tenant("urgent", adapter=None)
+    assert gw.call("PATCH", "/tenants/bulk", {"priority": "batch"})["priority"] == "batch"
+    gw.call("PATCH", "/tenants/urgent", {"priority": "interactive"})
+    gw.wait_ready()
+    url = priority_engine.url
+    sent: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=gw.url, timeout=300) as client:
+        # The engine's SEQS sequences: long batch streams of different lengths, so that one
+        # sequence frees up at a time.
+        running = [
+            asyncio.create_task(
+                _first_token_at(client, bulk.api_key, bulk.alias, 48 * (i + 1), sent, f"run{i}")
+            )
+            for i in range(SEQS)
+        ]
+        await asyncio.to_thread(wait_for, lambda: _engine_queue(url)[0] == SEQS, 120)
+        waiting = [
+            asyncio.create_task(
+                _first_token_at(client, bulk.api_key, bulk.alias, 8, sent, f"wait{i}")
+            )
+            for i in range(SEQS)
+        ]
+        await asyncio.to_thread(wait_for, lambda: _engine_queue(url) == (SEQS, SEQS), 120)
+        urgent_first = await _first_token_at(
+            client, urgent.api_key, urgent.alias, 8, sent, "urgent"
+        )
+        async with asyncio.timeout(600):
+            waiting_first = await asyncio.gather(*waiting)
+            await asyncio.gather(*running)
+    lead = min(waiting_first) - urgent_first
+    print(
+        f"FIGURE R13 priority: interactive stream sent after {SEQS} waiting batch streams started "
+        f"{lead * 1000:.0f} ms before the first of them (first token "
+        f"{(urgent_first - sent['urgent']) * 1000:.0f} ms after sending)"
+    )
+    assert all(sent[f"wait{i}"] < sent["urgent"] for i in range(SEQS))
+    assert urgent_first < min(waiting_first)
