@@ -440,7 +440,9 @@ class GatewayMetrics:
         return InFlight(self._in_flight.get((self._tenant(tenant),)))
 
     def observe_queue_wait(self, tenant: str, seconds: float) -> None:
-        self._queue_wait.get((self._tenant(tenant),)).observe(seconds)
+        key = (self._tenant(tenant),)
+        self._queue_wait.get(key).observe(seconds)
+        self._queue_depth.get(key)  # a tenant that sent traffic has a depth series, 0 or more
 
     def set_queue_depths(self, depths: Mapping[str, int]) -> None:
         """Requests waiting per tenant, at scrape time; tenants absent from `depths` read 0."""
