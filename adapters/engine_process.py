@@ -74,6 +74,9 @@ class EngineProcess:
     max_cpu_loras: int = 8
     max_model_len: int = 2048
     kv_cache_gib: int = 1
+    # `--scheduling-policy priority`: requests carry a `priority` (lower first) that orders vLLM's
+    # waiting queue; loragate sets it per tenant/alias class (settings.engine_priority_scheduling).
+    priority_scheduling: bool = False
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -107,6 +110,7 @@ class EngineProcess:
             "--max-loras", str(self.max_loras),
             "--max-lora-rank", str(self.max_lora_rank),
             "--max-cpu-loras", str(self.max_cpu_loras),
+            *(("--scheduling-policy", "priority") if self.priority_scheduling else ()),
             *self.extra_args,
         ]  # fmt: skip
 

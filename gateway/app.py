@@ -123,10 +123,12 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
                 max_cpu_loras=settings.max_cpu_loras,
                 max_concurrency=settings.engine_max_concurrency,
                 queue_size=settings.engine_queue_size,
+                tenant_queue_size=settings.engine_tenant_queue_size,
                 health_interval_s=settings.health_interval_s,
             ),
             on_route=metrics.count_adapter_request,
             on_load=metrics.count_adapter_load,
+            on_wait=metrics.observe_queue_wait,
         )
         state = AppState(
             settings=settings,
@@ -260,6 +262,7 @@ def _pool_gauges(metrics: GatewayMetrics, pool: EnginePool) -> None:
         metrics.set_engine_in_flight(replica.name, replica.in_flight)
         metrics.set_engine_healthy(replica.name, replica.healthy)
         metrics.set_engine_resident_adapters(replica.name, len(replica.resident))
+    metrics.set_queue_depths(pool.queue_depths())
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -35,6 +35,7 @@ CODES: dict[str, tuple[int, str]] = {
     "payload_too_large": (413, "invalid_request_error"),
     "rate_limited": (429, "rate_limit_error"),
     "concurrency_limited": (429, "rate_limit_error"),
+    "queue_limited": (429, "rate_limit_error"),
     "budget_exceeded": (429, "insufficient_quota"),
     "engine_unavailable": (503, "service_unavailable"),
     "auth_backend_unavailable": (503, "service_unavailable"),
@@ -67,6 +68,7 @@ def status_of(code: str) -> int:
 RETRY_AFTER_CODES = {
     "rate_limited": 1,
     "concurrency_limited": 1,
+    "queue_limited": 1,
     "budget_exceeded": 3600,
     "engine_unavailable": 2,
     "auth_backend_unavailable": 2,

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters.artifact import ArtifactInfo, validate_artifact
+from registry.models import PriorityClass
 
 
 class CanaryConfig(BaseModel):
@@ -44,6 +45,16 @@ class Price(BaseModel):
         ) / 1000
 
 
+class PlanScheduling(BaseModel):
+    """How a plan's tenants share the engines under contention (`LORAGATE_PLANS`); a tenant's own
+    `weight`/`priority` in the registry, and an alias's `priority` flag, override it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight: float = Field(default=1.0, ge=0.1, le=100.0)
+    priority: PriorityClass = "standard"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAGATE_", extra="forbid")
 
@@ -70,7 +81,12 @@ class Settings(BaseSettings):
     engine_connect_timeout_s: float = 2.0
     engine_read_timeout_s: float = 120.0
     engine_max_concurrency: int = 64
-    engine_queue_size: int = 256
+    engine_queue_size: int = 256  # requests waiting for a slot, this gateway, all tenants
+    # At most this many of one tenant's requests wait; more are refused 429 `queue_limited`.
+    engine_tenant_queue_size: int = Field(default=64, ge=1)
+    # Engines run `--scheduling-policy priority`: each request carries its class as vLLM's
+    # `priority` (interactive 0, standard 1, batch 2). vLLM refuses `priority` without it.
+    engine_priority_scheduling: bool = False
     health_interval_s: float = 1.0
 
     # Adapter store: the gateway validates artifacts under `adapter_store`; the engines read the
@@ -103,6 +119,8 @@ class Settings(BaseSettings):
     # Cost: price per 1K tokens by tenant plan ("default" applies when the plan has no row).
     currency: str = "USD"
     prices: dict[str, Price] = Field(default_factory=lambda: {"default": Price()})
+    # Fair queuing by plan ("default" applies when the plan has no row).
+    plans: dict[str, PlanScheduling] = Field(default_factory=lambda: {"default": PlanScheduling()})
 
     # Canary guard (gateway/rollout/guard.py): auto-rollback on, auto-promotion off by default.
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
@@ -112,6 +130,9 @@ class Settings(BaseSettings):
 
     def price_for(self, plan: str) -> Price:
         return self.prices.get(plan) or self.prices.get("default") or Price()
+
+    def scheduling_for(self, plan: str) -> PlanScheduling:
+        return self.plans.get(plan) or self.plans.get("default") or PlanScheduling()
 
     def validate_artifact(self, relpath: str) -> ArtifactInfo:
         """An adapter under the store, checked against this gateway's base model and limits."""

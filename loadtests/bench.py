@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from loadtests import engine_arm, report, stack, wrk
+from loadtests import engine_arm, fairness, report, stack, wrk
 from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
 from loadtests.procs import Proc, free_port
 
@@ -282,6 +282,7 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
             service.proc.stop()
         services.clear()
         os.sched_setaffinity(0, all_cpus)
+        fair = fairness.run(work / "fairness", duration=4.0 if plan.smoke else 10.0)
         engine_result: dict[str, Any] | None = None
         if plan.engine:
             engine_result = engine_arm.run(work, requests=40)
@@ -300,6 +301,7 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         started=started,
         finished=time.time(),
     )
+    doc["fairness"] = fair  # issue 16: weights 3:1, Jain's index for 10 tenants (one flooding)
     report.write(doc, out)
     return doc
 

@@ -367,6 +367,21 @@ def markdown(doc: dict[str, Any]) -> str:
     plots = doc.get("plots") or []
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    fair = doc.get("fairness")
+    if fair:
+        w, ten = fair["weights_3_1"], fair["ten_tenants_one_flooding"]
+        lines += [
+            "",
+            "## Fair queuing between tenants (issue 16, mock engine)",
+            "",
+            f"- {fair['slots']} engine slots, {fair['request_s']} s per request, every tenant "
+            "saturating.",
+            f"- weights 3:1: {w['heavy_rps']:.1f} vs {w['light_rps']:.1f} req/s served, ratio "
+            f"{w['ratio']:.2f} ({'within' if w['within_10pct'] else 'NOT within'} 10% of 3).",
+            f"- 10 tenants, t0 with {ten['flood_in_flight']} in flight, the others "
+            f"{ten['others_in_flight']}: Jain's index {ten['jain_index']:.3f}, flood share "
+            f"{ten['flood_share']:.1%}.",
+        ]
     return "\n".join(lines) + "\n"
 
 

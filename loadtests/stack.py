@@ -132,6 +132,7 @@ def start_loragate(
     base_model: str = BASE_MODEL,
     adapter_store: Path | None = None,
     name: str = "loragate",
+    settings: dict[str, str] | None = None,
 ) -> Service:
     port = free_port()
     token = "lgadm-" + secrets.token_urlsafe(16)
@@ -151,6 +152,7 @@ def start_loragate(
         "LORAGATE_ENGINE_MAX_CONCURRENCY": "1024",
         "LORAGATE_ENGINE_QUEUE_SIZE": "4096",
         "LORAGATE_MAX_CPU_LORAS": "64",
+        **(settings or {}),
     }
     cmd = [sys.executable, "-m", "gateway.cli", "serve"]
     proc = Proc.start(name, cmd, log_dir=work / "logs", cpu=cpu, env=env)

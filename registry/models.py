@@ -58,11 +58,20 @@ class Limits(Record):
     budget: Budget | None = None
 
 
+# Scheduling classes, most urgent first: the gateway's fair queue serves them as strict priority
+# bands (their index), and engines with priority scheduling get the index as vLLM's `priority`.
+PriorityClass = Literal["interactive", "standard", "batch"]
+PRIORITY_CLASSES: tuple[PriorityClass, ...] = ("interactive", "standard", "batch")
+
+
 class Tenant(Record):
     id: Name
     display_name: str = ""
     plan: str = "default"
     limits: Limits = Limits()
+    # Fair-queue share under contention and scheduling class; None: the plan's (gateway settings).
+    weight: float | None = Field(default=None, ge=0.1, le=100.0)
+    priority: PriorityClass | None = None
     created_at: float = 0.0
 
 
@@ -146,6 +155,7 @@ class Release(Record):
 class Flags(Record):
     kill_switch: bool = False
     auto_rollback: bool = True
+    priority: PriorityClass | None = None  # the alias's scheduling class; None: the tenant's
 
 
 class HistoryEntry(Record):

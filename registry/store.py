@@ -30,6 +30,7 @@ from registry.models import (
     Alias,
     ApiKey,
     Limits,
+    PriorityClass,
     PromptVersion,
     Release,
     Tenant,
@@ -78,12 +79,14 @@ class RegistryStore(RedisEdge):
         display_name: str = "",
         plan: str = "default",
         limits: Limits | None = None,
+        weight: float | None = None,
+        priority: PriorityClass | None = None,
         actor: str,
     ) -> Tenant:
         check_name(tenant_id, "tenant id")
         tenant = Tenant(
             id=tenant_id, display_name=display_name, plan=plan, limits=limits or Limits(),
-            created_at=self._clock(),
+            weight=weight, priority=priority, created_at=self._clock(),
         )  # fmt: skip
         spec = WriteSpec()
         ks = self.keyspace
@@ -102,9 +105,11 @@ class RegistryStore(RedisEdge):
         *,
         limits: Limits | None = None,
         display_name: str | None = None,
+        scheduling: Mapping[str, Any] | None = None,
         actor: str,
     ) -> Tenant:
-        """Compare-and-set on the stored bytes; retried a few times since the change is a merge."""
+        """Compare-and-set on the stored bytes; retried a few times since the change is a merge.
+        `scheduling`: any of plan, weight, priority (fair queuing and engine priority)."""
         check_name(tenant_id, "tenant id")
         ks = self.keyspace
         async with self._guard():
@@ -118,6 +123,7 @@ class RegistryStore(RedisEdge):
                     changes["limits"] = limits
                 if display_name is not None:
                     changes["display_name"] = display_name
+                changes.update(scheduling or {})
                 new = Tenant.model_validate({**dict(old), **changes})
                 spec = WriteSpec()
                 spec.require_equals(ks.tenants, tenant_id, text(raw), RevisionConflict("raced"))

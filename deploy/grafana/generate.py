@@ -132,6 +132,8 @@ def overview() -> dict[str, Any]:
         ], "s"),
         panel("In-flight requests by tenant",
               [("sum by (tenant) (loragate_in_flight_requests)", "{{tenant}}")], "short"),
+        panel("Queue depth by tenant (waiting for an engine slot)",
+              [("sum by (tenant) (loragate_queue_depth)", "{{tenant}}")], "short"),
         panel("Limit rejections / s",
               [(f"sum by (tenant, code) (rate(loragate_limit_rejections_total{rate}))",
                 "{{tenant}} {{code}}")], "reqps"),
@@ -201,6 +203,18 @@ def tenant() -> dict[str, Any]:
         panel("Errors / s by code (tenant)",
               [('sum by (code) (rate(loragate_errors_total{tenant="$tenant"}'
                 f"{rate}))", "{{code}}")], "reqps", width=24),
+        panel("Queue depth (tenant, all gateways)",
+              [('sum(loragate_queue_depth{tenant="$tenant"})', "waiting")], "short",
+              description="Requests waiting for an engine slot in the gateways' fair queues."),
+        panel("Queue wait P50 / P95 (tenant) against all tenants", [
+            ("histogram_quantile(0.5, sum by (le) (rate(loragate_queue_wait_seconds_bucket"
+             f'{{tenant="$tenant"}}{rate})))', "P50"),
+            ("histogram_quantile(0.95, sum by (le) (rate(loragate_queue_wait_seconds_bucket"
+             f'{{tenant="$tenant"}}{rate})))', "P95"),
+            ("histogram_quantile(0.95, sum by (le) (rate(loragate_queue_wait_seconds_bucket"
+             f"{rate})))", "P95 all tenants"),
+        ], "s", description="Time waiting for an engine slot; far above all tenants' "
+           "(LoragateTenantStarved) means this tenant is not getting its share."),
     ]  # fmt: skip
     variables = [
         variable("tenant", "label_values(loragate_requests_total, tenant)", "Tenant"),

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from registry.models import PRIORITY_CLASSES
+
 
 def _connection(args: argparse.Namespace) -> tuple[str, str]:
     url = args.url or os.environ.get("LORAGATE_URL")
@@ -103,6 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         body = {"id": args.tenant, "display_name": args.display_name, "plan": args.plan}
         if limits is not None:
             body["limits"] = limits
+        body.update(_scheduling(args))
         _print(
             args, _call(args, "POST", "/tenants", body), ["id", "display_name", "plan", "limits"]
         )
@@ -119,6 +122,12 @@ def _run(args: argparse.Namespace) -> int:
     elif action == "tenants-limits":
         data = _call(args, "PATCH", f"/tenants/{args.tenant}", {"limits": _json_arg(args.limits)})
         _print(args, data, ["id", "limits"])
+    elif action == "tenants-scheduling":
+        data = _call(args, "PATCH", f"/tenants/{args.tenant}", _scheduling(args, plan=True))
+        _print(args, data, ["id", "plan", "weight", "priority"])
+    elif action == "priority":
+        body = {"priority": args.priority, "expected_revision": _current_revision(args)}
+        _print(args, _call(args, "PUT", f"{_alias_path(args)}/flags", body), alias_cols)
     elif action == "keys-create":
         _print(args, _call(args, "POST", f"/tenants/{args.tenant}/keys"), ["key_id", "api_key"])
     elif action == "keys-revoke":
@@ -214,10 +223,14 @@ def register(sub: Any) -> None:
     p.add_argument("--display-name", default="")
     p.add_argument("--plan", default="default")
     p.add_argument("--limits", help='JSON, e.g. {"max_concurrency": 2}')
+    _scheduling_args(p)
     add("tenants-list", "list tenants")
     add("tenants-show", "a tenant, its limits, usage and models", "tenant")
     p = add("tenants-limits", "replace a tenant's limits", "tenant")
     p.add_argument("limits", help='JSON, e.g. {"requests_per_minute": 10}')
+    p = add("tenants-scheduling", "set a tenant's plan, fair-queue weight or class", "tenant")
+    p.add_argument("--plan", default=None)
+    _scheduling_args(p)
     add("keys-create", "issue a key (shown once)", "tenant")
     add("keys-revoke", "revoke a key", "tenant", "key_id")
     p = add(
@@ -243,6 +256,7 @@ def register(sub: Any) -> None:
         ("promote", "canary becomes stable"),
         ("rollback", "back to the last good stable"),
         ("kill-switch", "serve the base model with the stable prompt"),
+        ("priority", "the alias's scheduling class (overrides the tenant's)"),
     ):
         p = add(name, help_text, "tenant", "alias")
         p.add_argument("--expected-revision", type=int, default=None, help="default: current")
@@ -253,6 +267,8 @@ def register(sub: Any) -> None:
             p.add_argument("--reason", required=True)
         if name == "kill-switch":
             p.add_argument("state", choices=["on", "off"])
+        if name == "priority":
+            p.add_argument("priority", choices=PRIORITY_CLASSES)
     p = add("eval", "run a release's evaluation set (default: canary, else stable)", "tenant",
             "alias")  # fmt: skip
     p.add_argument("release", nargs="?", default=None)
@@ -260,3 +276,16 @@ def register(sub: Any) -> None:
     p.add_argument("--tenant", default=None)
     p.add_argument("--count", type=int, default=50)
     admin.set_defaults(func=_run)
+
+
+def _scheduling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weight", type=float, default=None, help="fair-queue share (0.1-100)")
+    p.add_argument("--priority", choices=PRIORITY_CLASSES, default=None)
+
+
+def _scheduling(args: argparse.Namespace, *, plan: bool = False) -> dict[str, Any]:
+    """The scheduling fields given on the command line (absent ones unchanged)."""
+    fields = {"weight": args.weight, "priority": args.priority}
+    if plan:
+        fields["plan"] = args.plan
+    return {k: v for k, v in fields.items() if v is not None}

@@ -20,7 +20,7 @@ from gateway.errors import ApiError
 from gateway.rollout.evaluation import evaluate_alias, gate_promotion
 from gateway.state import AppState
 from registry import rollout
-from registry.models import NAME_PATTERN, Alias, Flags, Limits, Thresholds, is_name
+from registry.models import NAME_PATTERN, Alias, Flags, Limits, PriorityClass, Thresholds, is_name
 from registry.refs import parse_ref
 
 
@@ -84,11 +84,16 @@ class TenantCreate(Body):
     display_name: str = ""
     plan: str = "default"
     limits: Limits | None = None
+    weight: float | None = Field(default=None, ge=0.1, le=100.0)  # None: the plan's
+    priority: PriorityClass | None = None
 
 
 class TenantPatch(Body):
     display_name: str | None = None
     limits: Limits | None = None
+    plan: str | None = None
+    weight: float | None = Field(default=None, ge=0.1, le=100.0)
+    priority: PriorityClass | None = None
 
 
 class AdapterVersionCreate(Body):
@@ -135,6 +140,7 @@ class RollbackBody(Body):
 class FlagsBody(Body):
     kill_switch: bool | None = None
     auto_rollback: bool | None = None
+    priority: PriorityClass | None = None
     expected_revision: int | None = None
     reason: str = ""
 
@@ -192,6 +198,8 @@ async def create_tenant(body: TenantCreate, state: StateDep, actor: ActorDep) ->
         display_name=body.display_name,
         plan=body.plan,
         limits=body.limits,
+        weight=body.weight,
+        priority=body.priority,
         actor=actor,
     )
     return tenant.model_dump()
@@ -215,7 +223,11 @@ async def patch_tenant(
     tenant: str, body: TenantPatch, state: StateDep, actor: ActorDep
 ) -> dict[str, Any]:
     record = await state.store.update_tenant(
-        _name(tenant, "tenant id"), limits=body.limits, display_name=body.display_name, actor=actor
+        _name(tenant, "tenant id"),
+        limits=body.limits,
+        display_name=body.display_name,
+        scheduling=body.model_dump(include={"plan", "weight", "priority"}, exclude_none=True),
+        actor=actor,
     )
     return record.model_dump()
 
@@ -438,6 +450,8 @@ async def put_flags(
             flags["kill_switch"] = body.kill_switch
         if body.auto_rollback is not None:
             flags["auto_rollback"] = body.auto_rollback
+        if body.priority is not None:
+            flags["priority"] = body.priority
         return rollout.set_flags(current, Flags(**flags), now=now)
 
     return await _mutate(

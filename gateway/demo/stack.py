@@ -128,6 +128,7 @@ def up(args: argparse.Namespace) -> int:
             engine = EngineProcess(
                 model_dir=base.resolve(), served_name=BASE_MODEL_ID, log_dir=logs.resolve(),
                 port=port + 1 + i, max_loras=2, max_cpu_loras=8, max_lora_rank=16,
+                priority_scheduling=True,
             )  # fmt: skip
             _say(f"starting vLLM engine {i} on {engine.host}:{engine.port} (20-60 s)...")
             engine.start(timeout=300)
@@ -146,6 +147,7 @@ def up(args: argparse.Namespace) -> int:
             "LORAGATE_ADAPTER_STORE": str(store.resolve()),
             "LORAGATE_BASE_ADAPTER": NULL_ADAPTER,  # adapter-less releases via the zero LoRA
             "LORAGATE_REQUEST_LOG": "true",  # JSON lines in .loragate/logs/gateway.log
+            "LORAGATE_ENGINE_PRIORITY_SCHEDULING": "true",  # the engines run priority scheduling
             "LORAGATE_PRICES": json.dumps(
                 {"default": {"prompt_per_1k": 0.0005, "completion_per_1k": 0.0015}}
             ),

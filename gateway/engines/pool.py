@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +32,14 @@ import aiohttp
 from adapters.artifact import verify_digest
 from adapters.engine_client import list_adapters, load_adapter, probe_health, unload_adapter
 from adapters.errors import EngineLoadFailed, EngineUnavailable
-from gateway.engines.routing import ReplicaView, choose_replica
+from gateway.engines.fairqueue import FairQueue, Flow, TenantQueueFull
+from gateway.engines.routing import Choice, ReplicaView, choose_replica
 from gateway.errors import ApiError
 from registry.models import AdapterVersion
 
 log = logging.getLogger("loragate.engines")
+# Preloads and other gateway-internal acquires: most urgent band, outside any tenant's share.
+SYSTEM_FLOW = Flow("-", band=0)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class PoolConfig:
     max_cpu_loras: int = 8
     max_concurrency: int = 64  # per replica
     queue_size: int = 256  # requests waiting for a slot, pool-wide
+    tenant_queue_size: int = 64  # of one tenant (gateway/engines/fairqueue.py)
     queue_timeout_s: float = 5.0
     health_interval_s: float = 1.0
     eject_after_failures: int = 3
@@ -89,6 +93,14 @@ class Lease:
     released: bool = False
 
 
+def queue_limited() -> ApiError:
+    """A tenant's own excess in the fair queue (429, Retry-After)."""
+    return ApiError(
+        "queue_limited",
+        "Too many of this tenant's requests are waiting for an engine; retry shortly.",
+    )
+
+
 class EnginePool:
     def __init__(
         self,
@@ -99,10 +111,12 @@ class EnginePool:
         on_change: Callable[[EnginePool], None] | None = None,
         on_route: Callable[[bool], None] | None = None,
         on_load: Callable[[str, str], None] | None = None,
+        on_wait: Callable[[str, float], None] | None = None,
     ) -> None:
         """`on_change` runs after every state change (gauges); `on_route(hit)` once per adapter
         request routed, so the adapter-miss rate is measured where the decision is made;
-        `on_load(replica, "ok" | "error")` once per load call made to an engine."""
+        `on_load(replica, "ok" | "error")` once per load call made to an engine;
+        `on_wait(tenant, seconds)` once per tenant acquire, whatever its outcome."""
         self.replicas = [Replica(f"engine-{i}", url.rstrip("/")) for i, url in enumerate(urls)]
         self._by_name = {r.name: r for r in self.replicas}
         self.session = session
@@ -110,7 +124,15 @@ class EnginePool:
         self._on_change = on_change
         self._on_route = on_route
         self._on_load = on_load
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._on_wait = on_wait
+        # Requests waiting for a slot, fair between tenants. A waiter's result: True = a slot is
+        # free for it, False = pushed out of a full queue (its tenant was furthest over share).
+        self._waiters: FairQueue[asyncio.Future[bool]] = FairQueue(
+            capacity=config.queue_size, per_tenant=min(config.tenant_queue_size, config.queue_size)
+        )
+        # Waiters woken for a free slot that have not yet taken it: while any are on their way,
+        # a new request queues instead of taking the slot (no barging past the fair order).
+        self._handoffs = 0
         self._task: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
@@ -139,9 +161,7 @@ class EnginePool:
         await asyncio.gather(*(self._probe(r) for r in self.replicas))
         self._changed()
         if self._waiters:  # a replica came back (or its ejection ended): its free slots serve
-            now = time.monotonic()  # the queue now, not when some request happens to finish
-            cap = self.config.max_concurrency
-            self._wake(sum(cap - r.in_flight for r in self.replicas if r.available(now)))
+            self._wake(self._free_slots())  # the queue now, not when some request finishes
 
     async def _probe(self, replica: Replica) -> None:
         status = await probe_health(self.session, replica.url)
@@ -187,14 +207,25 @@ class EnginePool:
             for r in self.replicas
         ]
 
-    def shedding(self) -> bool:
-        """The wait queue is full and no replica has a free slot: a new request would be refused
-        as `overloaded`, so the caller can refuse it before doing any work for it."""
-        if len(self._waiters) < self.config.queue_size:
+    def shedding(self, flow: Flow = SYSTEM_FLOW) -> bool:
+        """No replica has a free slot and one more request of `flow` would be refused as its
+        tenant's excess: the caller can refuse it before doing any work for it."""
+        if not self._waiters.would_refuse(flow):
             return False
         now = time.monotonic()
         cap = self.config.max_concurrency
         return not any(r.available(now) and r.in_flight < cap for r in self.replicas)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Requests waiting for a slot per tenant (tenants with none are absent)."""
+        return self._waiters.depths()
+
+    def _free_slots(self) -> int:
+        """Slots free on available replicas, less those already promised to woken waiters."""
+        now = time.monotonic()
+        cap = self.config.max_concurrency
+        free = sum(max(0, cap - r.in_flight) for r in self.replicas if r.available(now))
+        return free - self._handoffs
 
     def any_available(self) -> bool:
         now = time.monotonic()
@@ -206,13 +237,15 @@ class EnginePool:
         *,
         exclude: frozenset[str] = frozenset(),
         count: bool = True,
+        flow: Flow = SYSTEM_FLOW,
     ) -> Lease:
         """Take a slot on a replica with `adapter` resident; give it back with `release` (sync).
 
-        `count=False` (preloads) keeps the hit/miss numbers about tenant requests only.
+        `count=False` (preloads) keeps the hit/miss numbers about tenant requests only. `flow`:
+        whose request it is, for the fair queue when every slot is taken.
         """
         engine_name = adapter.engine_name if adapter is not None else None
-        replica, miss = await self._acquire(engine_name, exclude, count=count)
+        replica, miss = await self._acquire(engine_name, exclude, flow, count=count)
         lease = Lease(replica, engine_name or self.config.base_model, miss, engine_name)
         if engine_name is not None:
             replica.users[engine_name] = replica.users.get(engine_name, 0) + 1
@@ -250,11 +283,14 @@ class EnginePool:
         self._wake(1)
 
     def _wake(self, n: int) -> None:
-        """Wake up to `n` queued requests, oldest first (each re-runs the routing choice)."""
-        while n > 0 and self._waiters:
-            waiter = self._waiters.popleft()
+        """Wake up to `n` queued requests in fair order (each re-runs the routing choice)."""
+        while n > 0:
+            waiter = self._waiters.pop()
+            if waiter is None:
+                return
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
+                self._handoffs += 1
                 n -= 1
 
     def forget(self, replica: Replica, engine_name: str) -> None:
@@ -263,36 +299,17 @@ class EnginePool:
         self._changed()
 
     async def _acquire(
-        self, engine_name: str | None, exclude: frozenset[str], *, count: bool = True
+        self, engine_name: str | None, exclude: frozenset[str], flow: Flow, *, count: bool = True
     ) -> tuple[Replica, bool]:
         if not any(r.available(time.monotonic()) for r in self.replicas if r.name not in exclude):
             raise ApiError("engine_unavailable", "No engine replica is available; retry shortly.")
-        choice = choose_replica(self.views(), engine_name, exclude=exclude)
+        choice = None
+        if not self._waiters and self._handoffs == 0:
+            choice = choose_replica(self.views(), engine_name, exclude=exclude)
         if choice is None:
-            if len(self._waiters) >= self.config.queue_size:
-                raise ApiError("overloaded", "The gateway is at capacity; retry shortly.")
-            deadline = time.monotonic() + self.config.queue_timeout_s
-            requeue = False
-            while choice is None:
-                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                if requeue:  # woken but beaten to the slot: keep its place at the head
-                    self._waiters.appendleft(waiter)
-                else:
-                    self._waiters.append(waiter)
-                requeue = True
-                try:
-                    async with asyncio.timeout_at(
-                        asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic())
-                    ):
-                        await waiter
-                except TimeoutError:
-                    raise ApiError(
-                        "overloaded", "The gateway is at capacity; retry shortly."
-                    ) from None
-                finally:
-                    if waiter in self._waiters:
-                        self._waiters.remove(waiter)
-                choice = choose_replica(self.views(), engine_name, exclude=exclude)
+            choice = await self._wait_turn(engine_name, exclude, flow)
+        else:
+            self._waited(flow, 0.0)
         replica = self._by_name[choice.replica]
         replica.in_flight += 1
         if replica.in_flight == 1:
@@ -306,6 +323,51 @@ class EnginePool:
                 self._on_route(not choice.miss)
         self._changed()
         return replica, choice.miss
+
+    async def _wait_turn(
+        self, engine_name: str | None, exclude: frozenset[str], flow: Flow
+    ) -> Choice:
+        """Queue in the fair queue until a slot is handed over and the routing choice finds it."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        try:
+            pushed_out = self._waiters.push(flow, waiter)
+        except TenantQueueFull:
+            self._waited(flow, 0.0)
+            raise queue_limited() from None
+        if pushed_out is not None and not pushed_out.done():
+            pushed_out.set_result(False)
+        self._wake(self._free_slots())  # work-conserving: a free slot serves the queue now
+        started = time.monotonic()
+        deadline = loop.time() + self.config.queue_timeout_s
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        granted = await waiter
+                except BaseException:
+                    self._waiters.remove(waiter)
+                    if waiter.done() and not waiter.cancelled() and waiter.result():
+                        self._handoffs -= 1  # handed a slot it will not take: pass it on
+                        self._wake(1)
+                    raise
+                if not granted:
+                    raise queue_limited()
+                self._handoffs -= 1
+                choice = choose_replica(self.views(), engine_name, exclude=exclude)
+                if choice is not None:
+                    return choice
+                # Beaten to the slot (or it is on an excluded replica): keep its turn.
+                waiter = loop.create_future()
+                self._waiters.push_front(flow, waiter)
+        except TimeoutError:
+            raise ApiError("overloaded", "The gateway is at capacity; retry shortly.") from None
+        finally:
+            self._waited(flow, time.monotonic() - started)
+
+    def _waited(self, flow: Flow, seconds: float) -> None:
+        if self._on_wait is not None and flow is not SYSTEM_FLOW:
+            self._on_wait(flow.tenant, seconds)
 
     # -- residency -------------------------------------------------------------------------------
     async def ensure_resident(self, replica: Replica, adapter: AdapterVersion) -> None:

@@ -48,9 +48,10 @@ ADAPTER_LOAD_RESULTS: frozenset[str] = frozenset({"ok", "error"})
 DEFAULT_ERROR_CODES: frozenset[str] = frozenset({
     "invalid_api_key", "invalid_admin_token", "model_not_found", "not_found", "invalid_request",
     "forbidden_parameter", "max_tokens_exceeds_limit", "payload_too_large", "rate_limited",
-    "concurrency_limited", "budget_exceeded", "engine_unavailable", "auth_backend_unavailable",
-    "overloaded", "registry_unavailable", "engine_error", "adapter_load_failed",
-    "schema_violation", "revision_conflict", "already_exists", "invalid_name", "invalid_rollout",
+    "concurrency_limited", "queue_limited", "budget_exceeded", "engine_unavailable",
+    "auth_backend_unavailable", "overloaded", "registry_unavailable", "engine_error",
+    "adapter_load_failed", "schema_violation", "revision_conflict", "already_exists",
+    "invalid_name", "invalid_rollout",
     "eval_failed", "artifact_outside_store", "unsafe_artifact_format", "artifact_invalid",
     "adapter_incompatible", "digest_mismatch", "validation_error", "method_not_allowed",
     "internal_error",
@@ -64,6 +65,10 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 # Gap between two streamed chunks: 1 ms .. 5 s.
 ITL_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+# Time a request waits for an engine slot in the fair queue: 0 .. the queue timeout and beyond.
+QUEUE_WAIT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )
 # Time spent in the gateway itself: 50 us .. 50 ms.
 OVERHEAD_BUCKETS: tuple[float, ...] = (
@@ -123,6 +128,9 @@ class _Children(Generic[M]):
         if child is None:
             child = self._cache[key] = self._metric.labels(*key)
         return child
+
+    def items(self) -> list[tuple[tuple[str, ...], M]]:
+        return list(self._cache.items())
 
     def prune(self, keep: Callable[[tuple[str, ...]], bool]) -> None:
         for key in [k for k in self._cache if not keep(k)]:
@@ -266,6 +274,13 @@ class GatewayMetrics:
                                          ("tenant", "code"))
         self._in_flight = gauge("loragate_in_flight_requests", "Requests in flight per tenant.",
                                 ("tenant",))
+        self._queue_depth = gauge("loragate_queue_depth",
+                                  "Requests waiting for an engine slot in the fair queue.",
+                                  ("tenant",))
+        self._queue_wait = hist("loragate_queue_wait_seconds",
+                                "Time a request waited for an engine slot (0: none was taken), "
+                                "refused or timed-out waits included.", ("tenant",),
+                                QUEUE_WAIT_BUCKETS)
         self._budget = gauge("loragate_tenant_budget",
                              f"Tenant budget per period, in {currency}.", ("tenant",))
         self._budget_period = gauge("loragate_tenant_budget_period_seconds",
@@ -287,7 +302,7 @@ class GatewayMetrics:
         )  # fmt: skip
         self._by_tenant: tuple[_AnyChildren, ...] = (
             self._overhead, self._errors, self._limit_rejections, self._in_flight, self._budget,
-            self._budget_period, self._spend,
+            self._budget_period, self._spend, self._queue_depth, self._queue_wait,
         )  # fmt: skip
         self._by_model: tuple[_AnyChildren, ...] = (self._canary_weight, self._auto_rollbacks)
         self._request_series: dict[tuple[str, ...], _RequestSeries] = {}
@@ -423,6 +438,23 @@ class GatewayMetrics:
     def in_flight(self, tenant: str) -> InFlight:
         """`with metrics.in_flight(tenant): ...` or keep the handle and `release()` it later."""
         return InFlight(self._in_flight.get((self._tenant(tenant),)))
+
+    def observe_queue_wait(self, tenant: str, seconds: float) -> None:
+        key = (self._tenant(tenant),)
+        self._queue_wait.get(key).observe(seconds)
+        self._queue_depth.get(key)  # a tenant that sent traffic has a depth series, 0 or more
+
+    def set_queue_depths(self, depths: Mapping[str, int]) -> None:
+        """Requests waiting per tenant, at scrape time; tenants absent from `depths` read 0."""
+        bounded: dict[str, int] = {}
+        for tenant, n in depths.items():
+            key = self._tenant(tenant)
+            bounded[key] = bounded.get(key, 0) + n
+        for (tenant,), child in self._queue_depth.items():
+            if tenant not in bounded:
+                child.set(0)
+        for tenant, n in bounded.items():
+            self._queue_depth.get((tenant,)).set(n)
 
     # -- engine pool ----------------------------------------------------------------------------
 

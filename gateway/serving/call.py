@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from gateway.engines.fairqueue import Flow
 from gateway.errors import status_of
 from gateway.limits.limiter import Reservation
 from gateway.observability.requestlog import CANCELLED_STATUS, emit, request_record
@@ -31,6 +32,7 @@ class Call:
     release: Release | None = None
     arm: Arm = "stable"
     adapter: AdapterVersion | None = None
+    flow: Flow | None = None  # the fair queue's (tenant, weight, band); set by resolve()
     overhead: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0

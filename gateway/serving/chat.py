@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from gateway.engines.fairqueue import Flow
+from gateway.engines.pool import queue_limited
 from gateway.errors import ApiError, from_domain, model_not_found
 from gateway.limits.quota import estimate_prompt_tokens
 from gateway.serving import relay
@@ -35,7 +37,7 @@ from gateway.serving.sse import error_event
 from gateway.state import AppState
 from registry.canary import select_arm
 from registry.errors import RegistryUnavailable
-from registry.models import ApiKey, Arm, Tenant
+from registry.models import PRIORITY_CLASSES, ApiKey, Arm, PriorityClass, Tenant
 from registry.secrets import cache_salt, hash_key
 from registry.state import RegistryState
 
@@ -70,6 +72,15 @@ async def authenticate(state: AppState, authorization: str | None) -> tuple[Tena
     return tenant, record
 
 
+def flow_of(state: AppState, tenant: Tenant, priority: PriorityClass | None = None) -> Flow:
+    """The tenant's place in the fair queue: its weight and class (registry, else its plan's);
+    an alias's `priority` flag overrides the class."""
+    plan = state.settings.scheduling_for(tenant.plan)
+    weight = tenant.weight if tenant.weight is not None else plan.weight
+    cls = priority or tenant.priority or plan.priority
+    return Flow(tenant.id, weight, PRIORITY_CLASSES.index(cls))
+
+
 def resolve(state: AppState, snapshot: RegistryState, call: Call, chat: ChatRequest) -> Rendering:
     """Alias -> arm -> release -> what the engine request is made of (pure over the snapshot)."""
     assert call.tenant is not None
@@ -78,6 +89,7 @@ def resolve(state: AppState, snapshot: RegistryState, call: Call, chat: ChatRequ
     if alias is None or alias.stable is None:
         raise model_not_found(chat.alias)
     call.alias = alias.alias
+    call.flow = flow_of(state, call.tenant, alias.flags.priority)
     arm: Arm = select_arm(alias, call.tenant.id, chat.user or call.key.key_id)
     release_id = alias.canary if arm == "canary" and alias.canary else alias.stable
     if alias.flags.kill_switch:
@@ -114,8 +126,9 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
     try:
         authorization, length = request_headers(scope)
         call.tenant, call.key = await authenticate(state, authorization)
-        if state.pool.shedding():  # refuse a burst before parsing it (metered without an alias)
-            raise ApiError("overloaded", "The gateway is at capacity; retry shortly.")
+        if state.pool.shedding(flow_of(state, call.tenant)):
+            # Refuse the tenant's own excess before parsing it (metered without an alias).
+            raise queue_limited()
         raw = await read_body(receive, state.settings.max_body_bytes, length)
         try:
             body = orjson.loads(raw)
@@ -132,6 +145,9 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
         rendering = resolve(state, snapshot, call, chat)
         call.headers["x-loragate-release"] = call.release_id
         engine_body = render_engine_body(chat, rendering)
+        if state.settings.engine_priority_scheduling and call.flow is not None:
+            # Set by the gateway only: a client's `priority` is refused in parse_chat_request.
+            engine_body["priority"] = call.flow.band
         guard = OutputGuard.for_release(snapshot, call.release)
         # Limits are decided here, before any engine call; 429s leave with Retry-After.
         call.reservation = await state.limiter.admit(

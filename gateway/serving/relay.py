@@ -18,7 +18,7 @@ import orjson
 from starlette.types import Send
 
 from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
-from gateway.engines.pool import Lease
+from gateway.engines.pool import SYSTEM_FLOW, Lease
 from gateway.engines.upstream import UpstreamError, UpstreamFailed, open_chat
 from gateway.errors import ApiError
 from gateway.serving.asgi import SSE, Disconnect, raw_headers, send_body, send_error
@@ -39,9 +39,10 @@ async def open_engine(
     pool = state.pool
     settings = state.settings
     exclude: frozenset[str] = frozenset()
+    flow = call.flow if call.flow is not None else SYSTEM_FLOW
     for attempt in range(MAX_ATTEMPTS):
         try:
-            lease = await pool.acquire(call.adapter, exclude=exclude)
+            lease = await pool.acquire(call.adapter, exclude=exclude, flow=flow)
         except (EngineUnavailable, EngineLoadFailed):
             if attempt + 1 >= MAX_ATTEMPTS:
                 raise

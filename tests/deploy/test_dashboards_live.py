@@ -63,6 +63,8 @@ def feed(metrics: GatewayMetrics) -> None:
         metrics.set_canary_weight(tenant, model, 0.1)
         metrics.set_tenant_budget(tenant, 100.0, period_s=86400)
         metrics.set_tenant_spend(tenant, 5.0)
+        metrics.observe_queue_wait(tenant, 0.0)
+        metrics.observe_queue_wait(tenant, 0.3)
     for i, engine in enumerate(ENGINES):
         metrics.set_engine_in_flight(engine, i + 1)
         metrics.set_engine_healthy(engine, True)
@@ -73,6 +75,7 @@ def feed(metrics: GatewayMetrics) -> None:
     metrics.count_adapter_request(hit=False)
     metrics.set_registry_state(redis_up=True, epoch=3)
     metrics.set_snapshot_age(0.4)
+    metrics.set_queue_depths({"acme": 2})
 
 
 def test_every_panel_query_returns_data(
@@ -122,7 +125,7 @@ def test_every_rule_evaluates_cleanly(
         if all(r["health"] == "ok" for r in rules) or time.monotonic() > deadline:
             break
         time.sleep(0.25)
-    assert len(rules) == 44
+    assert len(rules) == 45
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     # The recorded P95 per tenant, model, release and arm exists for all four combinations.
     expr = "tenant_model_release_arm:loragate_request_duration_seconds:p95_5m"

@@ -130,6 +130,12 @@ def test_engine_lora_flags_match_the_gateway(rendered: Rendered, name: str) -> N
         assert flags[flag] == gateway[setting], flag
     assert flags["--port"] == "8000"
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # The gateway sends vLLM a `priority` exactly when the engine schedules by it (vLLM refuses
+    # one otherwise).
+    assert (flags.get("--scheduling-policy") == "priority") == (
+        gateway.get("LORAGATE_ENGINE_PRIORITY_SCHEDULING") == "true"
+    )
+    assert flags.get("--scheduling-policy") == "priority"
 
 
 def test_compose_engine_lora_flags_match_the_gateway() -> None:
@@ -140,6 +146,8 @@ def test_compose_engine_lora_flags_match_the_gateway() -> None:
         assert flags[flag] == str(gateway[setting]), flag
     assert "--enable-lora" in flags
     assert services["vllm"]["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert flags["--scheduling-policy"] == "priority"
+    assert gateway["LORAGATE_ENGINE_PRIORITY_SCHEDULING"] == "true"
 
 
 def test_engine_flags_are_the_documented_ones() -> None:

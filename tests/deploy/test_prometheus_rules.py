@@ -69,7 +69,7 @@ def test_required_alerts_exist_and_are_tested() -> None:
         "LoragateLatencyP95Regression", "LoragateLatencyP95OverSLO", "LoragateHighErrorRate",
         "LoragateCanaryLatencyWorse", "LoragateCanaryErrorRateWorse",
         "LoragateBudgetBurnRateHigh", "LoragateRedisUnreachable", "LoragateNoHealthyEngine",
-        "LoragateRegistrySnapshotStale",
+        "LoragateRegistrySnapshotStale", "LoragateTenantStarved",
     }  # fmt: skip
     assert required <= alerts
     tested = set()

@@ -70,3 +70,15 @@ def test_plot_written_when_matplotlib_is_installed(smoke_report: Path) -> None:
     assert doc["plots"]
     for name in doc["plots"]:
         assert (smoke_report / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fairness_section_is_reported(smoke_report: Path) -> None:
+    """Served counts, not timings: every tenant of both scenarios was served."""
+    fair = json.loads((smoke_report / "report.json").read_text())["fairness"]
+    weighted = fair["weights_3_1"]
+    assert weighted["heavy_rps"] > weighted["light_rps"] > 0
+    ten = fair["ten_tenants_one_flooding"]
+    assert len(ten["rps"]) == 10
+    assert all(r > 0 for r in ten["rps"])
+    assert 0.1 <= ten["jain_index"] <= 1.0
+    assert "## Fair queuing between tenants" in (smoke_report / "report.md").read_text()

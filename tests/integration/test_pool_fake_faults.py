@@ -176,7 +176,7 @@ def test_5xx_everywhere_is_a_clean_503(
     assert len(a.requests) + len(b.requests) == 2  # one try each, within the retry budget
 
 
-async def test_overload_beyond_cap_and_queue_is_a_fast_503(
+async def test_one_tenant_beyond_cap_and_queue_is_a_fast_429(
     gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory
 ) -> None:
     fake = fake_engine()
@@ -194,7 +194,8 @@ async def test_overload_beyond_cap_and_queue_is_a_fast_503(
         admitted = [asyncio.create_task(one()) for _ in range(2)]
         await asyncio.to_thread(fake.wait_until, lambda e: e.active == 2)
         burst = [asyncio.create_task(one()) for _ in range(6)]
-        # Four of the six find cap and queue full: they must be refused fast, not queued.
+        # Four of the six find cap and queue full of their own tenant's requests: that is the
+        # tenant's own excess (429 `queue_limited`), refused fast, not queued.
         rejected: list[tuple[httpx.Response, float]] = []
         async with asyncio.timeout(10):
             for next_done in asyncio.as_completed(burst):
@@ -202,8 +203,8 @@ async def test_overload_beyond_cap_and_queue_is_a_fast_503(
                 if len(rejected) == 4:
                     break
         for response, elapsed in rejected:
-            assert response.status_code == 503, response.text
-            assert response.json()["error"]["code"] == "overloaded"
+            assert response.status_code == 429, response.text
+            assert response.json()["error"]["code"] == "queue_limited"
             assert int(response.headers["retry-after"]) >= 1
             assert elapsed < 2.0
         assert fake.active == 2  # the queued two are still waiting at the gateway
@@ -211,7 +212,7 @@ async def test_overload_beyond_cap_and_queue_is_a_fast_503(
         async with asyncio.timeout(15):
             done = await asyncio.gather(*admitted, *burst)
     statuses = sorted(r.status_code for r, _ in done)
-    assert statuses == [200] * 4 + [503] * 4
+    assert statuses == [200] * 4 + [429] * 4
     assert len(fake.requests) == 4
     wait_for(lambda: metric(gw.url, "loragate_engine_in_flight", engine="engine-0") == 0, 5)
 

@@ -250,3 +250,21 @@ def test_a_registered_alias_exports_its_rollback_counter_at_zero(
     assert registry.get_sample_value("loragate_auto_rollbacks_total", labels) == 0
     metrics.set_canary_weight("acme", "nope", 0.0)
     assert b'model="nope"' not in metrics.render()[0]
+
+
+def test_queue_depth_and_wait_per_tenant(
+    metrics: GatewayMetrics, registry: CollectorRegistry
+) -> None:
+    metrics.observe_queue_wait("acme", 0.0)
+    metrics.observe_queue_wait("acme", 2.0)
+    metrics.observe_queue_wait("stranger", 1.0)  # unregistered: "unknown", no new series
+    assert registry.get_sample_value("loragate_queue_wait_seconds_count", {"tenant": "acme"}) == 2
+    assert registry.get_sample_value("loragate_queue_wait_seconds_sum", {"tenant": "acme"}) == 2.0
+    assert registry.get_sample_value("loragate_queue_wait_seconds_count", {"tenant": "unknown"})
+    assert registry.get_sample_value("loragate_queue_depth", {"tenant": "acme"}) == 0
+    metrics.set_queue_depths({"acme": 3, "stranger": 2})
+    assert registry.get_sample_value("loragate_queue_depth", {"tenant": "acme"}) == 3
+    assert registry.get_sample_value("loragate_queue_depth", {"tenant": "unknown"}) == 2
+    metrics.set_queue_depths({})  # drained: every series reads 0, none disappears mid-graph
+    assert registry.get_sample_value("loragate_queue_depth", {"tenant": "acme"}) == 0
+    assert registry.get_sample_value("loragate_queue_depth", {"tenant": "unknown"}) == 0

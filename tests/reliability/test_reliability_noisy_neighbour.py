@@ -1,0 +1,215 @@
+"""R13 (issue 16): one tenant's burst must not deny service to the others, on real vLLM-CPU.
+
+Noisy neighbour (short variant of the issue's scenario): `flood` keeps FLOOD requests in flight
+(`max_tokens` 1, each one re-sent as soon as it is answered, a 429 waits out its Retry-After) while
+`quiet` sends one small request at a time. Measured in order: quiet alone, flood alone (engine
+throughput), flood + quiet. The gateway's slot cap equals the engine's `--max-num-seqs`, so the
+queue is at the gateway, where the fair queue orders it (with issue 14, the cap comes from the
+engine's reported load).
+
+Priority: on the same engine (`--scheduling-policy priority`) behind a gateway whose cap is above
+the engine's batch, so requests queue inside vLLM: batch-class streams fill the engine, then one
+interactive-class stream is sent; its first token must come before the first token of every batch
+stream still waiting in the engine when it arrived (the gateway passed `priority` to vLLM; the
+tenant never sent one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from adapters.engine_process import EngineProcess
+from tests.fixtures.engine import EngineFactory
+from tests.fixtures.gateway import GatewayFactory
+from tests.fixtures.traffic import auth, chat_body, metric, metric_sum, wait_for
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
+
+SEQS = 4  # engine --max-num-seqs, and the noisy-neighbour gateway's slot cap
+FLOOD = 32  # flood requests kept in flight
+QUIET_N = 10
+QUIET_TOKENS = 8
+WINDOW_S = 12.0  # flood-alone throughput window
+
+
+@pytest.fixture(scope="module")
+def priority_engine(engine_factory: EngineFactory) -> Iterator[EngineProcess]:
+    engine = engine_factory(priority_scheduling=True, extra_args=("--max-num-seqs", str(SEQS)))
+    yield engine
+    engine.stop()  # two engines for the rest of the session would starve a 2-core box
+
+
+async def _quiet_run(client: openai.AsyncOpenAI, alias: str) -> list[float]:
+    latencies = []
+    for i in range(QUIET_N):
+        started = time.monotonic()
+        answer = await client.chat.completions.create(
+            model=alias,
+            messages=[{"role": "user", "content": f"Say hello {i}."}],
+            max_tokens=QUIET_TOKENS,
+            temperature=0,
+        )
+        latencies.append(time.monotonic() - started)
+        assert answer.choices[0].message.content is not None
+    return latencies
+
+
+class Flood:
+    def __init__(self, url: str, key: str, alias: str) -> None:
+        self.client = httpx.AsyncClient(base_url=url, headers=auth(key), timeout=120)
+        self.body = chat_body(alias, max_tokens=1)
+        self.served: list[float] = []  # completion times
+        self.refused = 0
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def _loop(self) -> None:
+        while not self.stop.is_set():
+            response = await self.client.post("/v1/chat/completions", json=self.body)
+            if response.status_code == 200:
+                self.served.append(time.monotonic())
+                continue
+            assert response.status_code in (429, 503), response.text
+            self.refused += 1
+            retry = float(response.headers.get("retry-after", "1"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), retry)
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(self._loop()) for _ in range(FLOOD)]
+
+    def rate(self, start: float, end: float) -> float:
+        return sum(1 for t in self.served if start <= t < end) / (end - start)
+
+    async def close(self) -> None:
+        self.stop.set()
+        async with asyncio.timeout(180):
+            await asyncio.gather(*self.tasks)
+        await self.client.aclose()
+
+
+async def test_r13_quiet_tenant_is_served_beside_a_flood(
+    gateway_factory: GatewayFactory, priority_engine: EngineProcess
+) -> None:
+    gw = gateway_factory(
+        engines=[priority_engine.url], engine_max_concurrency=SEQS, engine_priority_scheduling=True
+    )
+    flood_t = gw.seed_tenant("flood", adapter=None)
+    quiet_t = gw.seed_tenant("quiet", adapter=None)
+    gw.wait_ready()
+    quiet = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=quiet_t.api_key, max_retries=0)
+    flood = Flood(gw.url, flood_t.api_key, flood_t.alias)
+    try:
+        await _quiet_run(quiet, quiet_t.alias)  # warm-up (first-request costs)
+        alone = await _quiet_run(quiet, quiet_t.alias)
+        flood.start()
+        await asyncio.to_thread(
+            wait_for, lambda: (metric(gw.url, "loragate_queue_depth", tenant="flood") or 0) > 0, 60
+        )
+        t0 = time.monotonic()
+        await asyncio.sleep(WINDOW_S)  # the measurement window itself, not synchronisation
+        flood_alone = flood.rate(t0, time.monotonic())
+        t1 = time.monotonic()
+        mixed = await _quiet_run(quiet, quiet_t.alias)
+        t2 = time.monotonic()
+        flood_mixed = flood.rate(t1, t2)
+    finally:
+        await flood.close()
+        await quiet.close()
+    p50_alone, p50_mixed = statistics.median(alone), statistics.median(mixed)
+    engine_mixed = flood_mixed + QUIET_N / (t2 - t1)
+    print(
+        f"FIGURE R13: quiet tenant P50 {p50_alone * 1000:.0f} ms alone, "
+        f"{p50_mixed * 1000:.0f} ms beside {FLOOD} flood requests in flight "
+        f"({p50_mixed / p50_alone:.2f}x, max {max(mixed) * 1000:.0f} ms), {QUIET_N}/{QUIET_N} "
+        f"served; engine throughput {flood_alone:.1f} req/s flood alone, {engine_mixed:.1f} req/s "
+        f"with the quiet tenant ({engine_mixed / flood_alone:.2f}x); flood requests refused "
+        f"{flood.refused} times (its own excess: 429 queue_limited, or 503 after the queue timeout)"
+    )
+    assert len(mixed) == QUIET_N  # every quiet request served (any error raised above)
+    assert p50_mixed <= 3 * p50_alone
+    assert engine_mixed >= 0.9 * flood_alone
+
+
+async def _first_token_at(
+    client: httpx.AsyncClient,
+    key: str,
+    alias: str,
+    max_tokens: int,
+    sent: dict[str, float],
+    name: str,
+) -> float:
+    """Send a stream; return when its first payload arrived (the engine scheduled it)."""
+    body = chat_body(alias, stream=True, max_tokens=max_tokens)
+    sent[name] = time.monotonic()
+    first = 0.0
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers=auth(key)) as r:
+        assert r.status_code == 200, await r.aread()
+        async for line in r.aiter_lines():
+            if line.startswith("data: ") and not first:
+                first = time.monotonic()
+            if line == "data: [DONE]":
+                break
+    assert first
+    return first
+
+
+def _engine_queue(url: str) -> tuple[float, float]:
+    return metric_sum(url, "vllm:num_requests_running"), metric_sum(
+        url, "vllm:num_requests_waiting"
+    )
+
+
+async def test_r13_interactive_request_starts_before_earlier_batch_ones_in_the_engine(
+    gateway_factory: GatewayFactory, priority_engine: EngineProcess
+) -> None:
+    gw = gateway_factory(
+        engines=[priority_engine.url], engine_max_concurrency=4 * SEQS,
+        engine_priority_scheduling=True,
+    )  # fmt: skip
+    bulk = gw.seed_tenant("bulk", adapter=None)
+    urgent = gw.seed_tenant("urgent", adapter=None)
+    assert gw.call("PATCH", "/tenants/bulk", {"priority": "batch"})["priority"] == "batch"
+    gw.call("PATCH", "/tenants/urgent", {"priority": "interactive"})
+    gw.wait_ready()
+    url = priority_engine.url
+    sent: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=gw.url, timeout=300) as client:
+        # The engine's SEQS sequences: long batch streams of different lengths, so that one
+        # sequence frees up at a time.
+        running = [
+            asyncio.create_task(
+                _first_token_at(client, bulk.api_key, bulk.alias, 48 * (i + 1), sent, f"run{i}")
+            )
+            for i in range(SEQS)
+        ]
+        await asyncio.to_thread(wait_for, lambda: _engine_queue(url)[0] == SEQS, 120)
+        waiting = [
+            asyncio.create_task(
+                _first_token_at(client, bulk.api_key, bulk.alias, 8, sent, f"wait{i}")
+            )
+            for i in range(SEQS)
+        ]
+        await asyncio.to_thread(wait_for, lambda: _engine_queue(url) == (SEQS, SEQS), 120)
+        urgent_first = await _first_token_at(
+            client, urgent.api_key, urgent.alias, 8, sent, "urgent"
+        )
+        async with asyncio.timeout(600):
+            waiting_first = await asyncio.gather(*waiting)
+            await asyncio.gather(*running)
+    lead = min(waiting_first) - urgent_first
+    print(
+        f"FIGURE R13 priority: interactive stream sent after {SEQS} waiting batch streams started "
+        f"{lead * 1000:.0f} ms before the first of them (first token "
+        f"{(urgent_first - sent['urgent']) * 1000:.0f} ms after sending)"
+    )
+    assert all(sent[f"wait{i}"] < sent["urgent"] for i in range(SEQS))
+    assert urgent_first < min(waiting_first)
