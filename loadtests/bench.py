@@ -30,9 +30,10 @@ from typing import Any
 
 import orjson
 
+from adapters.ports import free_port
 from loadtests import engine_arm, report, stack, wrk
 from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
-from loadtests.procs import Proc, free_port
+from loadtests.procs import Proc
 
 GATEWAY_CPU = 0
 CLIENT_CPU = 1

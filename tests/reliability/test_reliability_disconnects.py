@@ -33,11 +33,11 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters.ports import free_port
 from gateway.state import AppState
 from tests.fixtures.fake_engine import FakeEngine, Step
 from tests.fixtures.gateway import SeededTenant
 from tests.fixtures.inprocess import InProcessFactory, InProcessGateway
-from tests.fixtures.redis import free_port
 
 CLIENTS = 200
 CONCURRENCY = 50

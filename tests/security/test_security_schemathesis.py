@@ -33,7 +33,7 @@ import schemathesis
 from schemathesis.core.failures import FailureGroup
 
 from adapters.tinymodel import TINY_SERVED_NAME
-from gateway.admin.routes import PromptVersionCreate, ReleaseCreate, TenantCreate, unstorable
+from gateway.admin.schemas import PromptVersionCreate, ReleaseCreate, TenantCreate, unstorable
 from gateway.errors import ApiError
 from gateway.serving.render import Limits, parse_chat_request
 from registry.models import Budget, Thresholds
