@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from adapters.errors import AdapterError
 from gateway.admin import routes as admin_api
 from gateway.engines.pool import EnginePool, PoolConfig
+from gateway.engines.upstream import Upstream
 from gateway.errors import ApiError, from_domain
 from gateway.limits.limiter import Limiter
 from gateway.observability.metrics import GatewayMetrics
@@ -130,11 +131,15 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         )
         state = AppState(
             settings=settings,
-            redis=redis,
             store=store,
             watcher=watcher,
-            session=session,
             pool=pool,
+            upstream=Upstream(
+                pool,
+                session,
+                connect_timeout=settings.engine_connect_timeout_s,
+                read_timeout=settings.engine_read_timeout_s,
+            ),
             metrics=metrics,
             hmac_secret=secret,
             admin_token=settings.admin_token.get_secret_value(),
