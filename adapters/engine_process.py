@@ -204,9 +204,8 @@ class EngineProcess:
 
     def kill(self) -> None:
         """SIGKILL the server pid only, as a crash would; `stop()` / `restart()` clean up.
-        Returns once the process is gone (its sockets close only then): on an oversubscribed
-        2-core machine a killed engine once took more than 10 s to exit (CI), so the bound is
-        generous."""
+        Returns once the process is gone (its sockets close only then); a killed engine can take
+        more than 10 s to exit on an oversubscribed 2-core machine, so the bound is generous."""
         if self.proc is None or self.proc.poll() is not None:
             return
         os.kill(self.proc.pid, signal.SIGKILL)

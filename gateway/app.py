@@ -95,9 +95,9 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             else redis
         )
         # Admin writes, snapshot loads and the canary guard are off the request path: a burst of 50
-        # concurrent admin writers queues for more than one redis_timeout_s on a busy core and got
-        # 503s (R7, tests/reliability/test_reliability_gateway.py), so they get the client's
-        # socket budget.
+        # concurrent admin writers queues for more than one redis_timeout_s on a busy core and
+        # would get 503s (R7, tests/reliability/test_reliability_gateway.py), so they get the
+        # client's socket budget.
         store = RegistryStore(redis, secret, timeout=max(settings.redis_timeout_s * 4, 0.05))
         watcher = SnapshotWatcher(
             store,

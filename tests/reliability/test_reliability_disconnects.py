@@ -1,4 +1,4 @@
-"""R6 (issue 8): 200 clients disconnect at random points: before the first token, mid-stream, and
+"""R6: 200 clients disconnect at random points: before the first token, mid-stream, and
 during a non-streaming request. Every engine request must be aborted, every slot (pool replica,
 adapter users, tenant limiter, in-flight gauges) must return to idle, and no asyncio task may be
 left behind.
