@@ -18,7 +18,8 @@ the whole body); a gateway that cannot be reached raises `AdminUnreachable`. Eve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar
@@ -41,6 +42,7 @@ from gateway.admin.schemas import (
 PREFIX = "/admin/v1"
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 T = TypeVar("T")
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -236,12 +238,8 @@ def set_flags(
     expected_revision: int | None = None,
     reason: str | None = None,
 ) -> AdminCall[AliasPublic]:
-    body = _given(
-        kill_switch=kill_switch,
-        auto_rollback=auto_rollback,
-        expected_revision=expected_revision,
-        reason=reason,
-    )
+    flags = _given(kill_switch=kill_switch, auto_rollback=auto_rollback)
+    body = flags | _given(expected_revision=expected_revision, reason=reason)
     return _alias_action(tenant, alias, "flags", body)
 
 
@@ -280,14 +278,19 @@ def answer(response: httpx.Response) -> Any:
     return response.json() if response.content else None
 
 
-class _Base:
-    def __init__(self, url: str, token: str) -> None:
-        self.url = url.rstrip("/")
-        self.headers = {"authorization": f"Bearer {token}"}
+@contextlib.contextmanager
+def _reaching(url: str) -> Iterator[None]:
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise AdminUnreachable(url, type(exc).__name__) from None
 
 
-class AdminClient(_Base):
-    """Blocking admin client; `http` is the underlying httpx client (base URL `.../admin/v1`)."""
+class _Connection(Generic[H]):
+    """The URL, the bearer header and the bounded timeouts both clients open their httpx client
+    with; `transport` is httpx's (an ASGI app served in-process, in tests)."""
+
+    _open: Callable[..., H]
 
     def __init__(
         self,
@@ -295,23 +298,27 @@ class AdminClient(_Base):
         token: str,
         *,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        transport: httpx.BaseTransport | None = None,
+        transport: Any = None,
     ) -> None:
-        super().__init__(url, token)
-        self.http = httpx.Client(
-            base_url=self.url + PREFIX, headers=self.headers, timeout=timeout, transport=transport
+        self.url = url.rstrip("/")
+        headers = {"authorization": f"Bearer {token}"}
+        self.http: H = type(self)._open(
+            base_url=self.url + PREFIX, headers=headers, timeout=timeout, transport=transport
         )
+
+
+class AdminClient(_Connection[httpx.Client]):
+    """Blocking admin client; `http` is the underlying httpx client (base URL `.../admin/v1`)."""
+
+    _open = httpx.Client
 
     def send(self, call: AdminCall[T]) -> T:
         return call.read(self.request(call.method, call.path, call.body, **call.params))
 
     def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         """Any admin route by path (JSON in, JSON out); AdminError on 4xx/5xx."""
-        try:
-            response = self.http.request(method, path, json=body, params=params)
-        except httpx.HTTPError as exc:
-            raise AdminUnreachable(self.url, type(exc).__name__) from None
-        return answer(response)
+        with _reaching(self.url):
+            return answer(self.http.request(method, path, json=body, params=params))
 
     def close(self) -> None:
         self.http.close()
@@ -325,31 +332,17 @@ class AdminClient(_Base):
         self.close()
 
 
-class AsyncAdminClient(_Base):
+class AsyncAdminClient(_Connection[httpx.AsyncClient]):
     """The same on an event loop (for an app served in-process through `transport`)."""
 
-    def __init__(
-        self,
-        url: str,
-        token: str,
-        *,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(url, token)
-        self.http = httpx.AsyncClient(
-            base_url=self.url + PREFIX, headers=self.headers, timeout=timeout, transport=transport
-        )
+    _open = httpx.AsyncClient
 
     async def send(self, call: AdminCall[T]) -> T:
         return call.read(await self.request(call.method, call.path, call.body, **call.params))
 
     async def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
-        try:
-            response = await self.http.request(method, path, json=body, params=params)
-        except httpx.HTTPError as exc:
-            raise AdminUnreachable(self.url, type(exc).__name__) from None
-        return answer(response)
+        with _reaching(self.url):
+            return answer(await self.http.request(method, path, json=body, params=params))
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -208,25 +208,18 @@ class KeyPublic(Public):
     tenant: str
 
 
-class AdapterVersionPublic(AdapterVersion):
-    # `ref` is read back from the answer's field of that name: the record computes it.
-    model_config = ConfigDict(extra="ignore")
+REF = "name@version, what a release names"
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def ref(self) -> str:
-        """ "name@version", what a release names."""
-        return f"{self.name}@{self.version}"
+
+class AdapterVersionPublic(AdapterVersion):
+    # `ref` is computed by the record; an answer's `ref` is read back by computing it again.
+    model_config = ConfigDict(extra="ignore")
+    ref = computed_field(description=REF)(AdapterVersion.ref)  # type: ignore[pydantic-field]
 
 
 class PromptVersionPublic(PromptVersion):
     model_config = ConfigDict(extra="ignore")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def ref(self) -> str:
-        """ "name@version", what a release names."""
-        return f"{self.name}@{self.version}"
+    ref = computed_field(description=REF)(PromptVersion.ref)  # type: ignore[pydantic-field]
 
 
 class ReleasePublic(Release):
