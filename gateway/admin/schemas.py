@@ -246,6 +246,9 @@ class EvalReportPublic(Public):
 class AuditEntryPublic(Public):
     """One audited write, newest first; `before`/`after` are the records it changed."""
 
+    # Fields a later write script adds reach the operator instead of failing the answer.
+    model_config = ConfigDict(frozen=True, extra="allow")
+
     id: str
     time: float
     epoch: int
