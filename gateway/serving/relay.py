@@ -27,6 +27,7 @@ from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
 from gateway.engines.pool import EnginePool, Lease
 from gateway.engines.upstream import Upstream, UpstreamError, UpstreamFailed, open_chat
 from gateway.errors import ApiError
+from gateway.observability.metrics import GatewayMetrics
 from gateway.serving.asgi import SSE, Disconnect, raw_headers, send_body, send_error
 from gateway.serving.call import Call, finish, record_guard
 from gateway.serving.output_checks import OutputGuard
@@ -138,7 +139,7 @@ async def complete(x: Exchange) -> None:
         if choices and isinstance(choices[0], dict):
             text = str((choices[0].get("message") or {}).get("content") or "")
         verdict = guard.check(text)
-        record_guard(state, call, verdict)
+        record_guard(state.metrics, call, verdict)
         if verdict.schema_violation and guard.reject:
             watch.stop()
             finish(state, call, "schema_violation")
@@ -164,7 +165,7 @@ async def stream(x: Exchange) -> None:
         headers = raw_headers(call.headers, SSE)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         call.responded = True
-        status, tail = await _relay(state, send, call, x.chat, response, x.guard)
+        status, tail = await _relay(state.metrics, send, call, x.chat, response, x.guard)
         clean = status == "ok"
         x.watch.stop()
         finish(state, call, status)
@@ -178,7 +179,7 @@ async def stream(x: Exchange) -> None:
 
 
 async def _relay(
-    state: AppState,
+    metrics: GatewayMetrics,
     send: Send,
     call: Call,
     chat: ChatRequest,
@@ -235,7 +236,7 @@ async def _relay(
             call.overhead += now - t
             if first_at is None:
                 first_at = now
-                state.metrics.observe_ttft(
+                metrics.observe_ttft(
                     call.tenant_id, call.alias, call.release_id, call.arm, now - call.started
                 )
             else:
@@ -250,7 +251,7 @@ async def _relay(
                 "engine_error", "The engine stream ended unexpectedly."
             )
         verdict = guard.check("".join(text))
-        record_guard(state, call, verdict)
+        record_guard(metrics, call, verdict)
         if verdict.schema_violation and guard.reject:
             return "schema_violation", error_event(
                 "schema_violation", "The model output did not match the schema."
@@ -260,4 +261,4 @@ async def _relay(
         return "engine_error", error_event("engine_error", "The engine failed mid-stream.")
     finally:
         if gaps:
-            state.metrics.observe_itl(call.tenant_id, call.alias, call.release_id, call.arm, gaps)
+            metrics.observe_itl(call.tenant_id, call.alias, call.release_id, call.arm, gaps)
