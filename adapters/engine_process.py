@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -40,17 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapters.errors import EngineUnavailable
+from adapters.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENGINE_VENV = REPO_ROOT / ".venv-engine"
 LOG_TAIL_BYTES = 4000
 KILL_EXIT_TIMEOUT_S = 60.0  # SIGKILL to exit; a big process on a busy machine can take seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _health_ok(url: str, timeout: float) -> bool:
@@ -214,9 +208,8 @@ class EngineProcess:
 
     def kill(self) -> None:
         """SIGKILL the server pid only, as a crash would; `stop()` / `restart()` clean up.
-        Returns once the process is gone (its sockets close only then): on an oversubscribed
-        2-core machine a killed engine once took more than 10 s to exit (CI), so the bound is
-        generous."""
+        Returns once the process is gone (its sockets close only then); a killed engine can take
+        more than 10 s to exit on an oversubscribed 2-core machine, so the bound is generous."""
         if self.proc is None or self.proc.poll() is not None:
             return
         os.kill(self.proc.pid, signal.SIGKILL)

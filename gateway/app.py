@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from adapters.errors import AdapterError
 from gateway.admin import routes as admin_api
 from gateway.engines.pool import EnginePool, PoolConfig
+from gateway.engines.upstream import Upstream
 from gateway.errors import ApiError, from_domain
 from gateway.limits.limiter import Limiter
 from gateway.observability.metrics import GatewayMetrics
@@ -94,9 +95,9 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             else redis
         )
         # Admin writes, snapshot loads and the canary guard are off the request path: a burst of 50
-        # concurrent admin writers queues for more than one redis_timeout_s on a busy core and got
-        # 503s (R7, tests/reliability/test_reliability_gateway.py), so they get the client's
-        # socket budget.
+        # concurrent admin writers queues for more than one redis_timeout_s on a busy core and
+        # would get 503s (R7, tests/reliability/test_reliability_gateway.py), so they get the
+        # client's socket budget.
         store = RegistryStore(redis, secret, timeout=max(settings.redis_timeout_s * 4, 0.05))
         watcher = SnapshotWatcher(
             store,
@@ -132,11 +133,15 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         )
         state = AppState(
             settings=settings,
-            redis=redis,
             store=store,
             watcher=watcher,
-            session=session,
             pool=pool,
+            upstream=Upstream(
+                pool,
+                session,
+                connect_timeout=settings.engine_connect_timeout_s,
+                read_timeout=settings.engine_read_timeout_s,
+            ),
             metrics=metrics,
             hmac_secret=secret,
             admin_token=settings.admin_token.get_secret_value(),

@@ -87,7 +87,7 @@ class ApiError(Exception):
 
     def __post_init__(self) -> None:
         # `param` (and some messages) echo client input, e.g. an unknown admin field's name; the
-        # stdlib JSON parser lets lone surrogates through, which orjson cannot encode (was a 500).
+        # stdlib JSON parser lets lone surrogates through, which orjson cannot encode.
         self.message = _encodable(self.message)
         if self.param is not None:
             self.param = _encodable(self.param)

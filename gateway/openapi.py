@@ -1,10 +1,11 @@
 """The OpenAPI document at `/openapi.json`, made to say what the gateway really does.
 
-FastAPI derives the admin routes' request bodies from their models; this module adds what it cannot
-know: the chat completions operation (served by a raw Starlette route ahead of FastAPI's router, so
-it has no APIRoute to document), the two bearer schemes (tenant key, admin token), and for every
-operation the error statuses it can answer, each with the one error envelope of `gateway.errors`
-instead of FastAPI's `HTTPValidationError`, which loragate never sends.
+FastAPI derives the admin routes' request and response bodies from their models
+(gateway/admin/schemas.py); this module adds what it cannot know: the chat completions operation
+(served by a raw Starlette route ahead of FastAPI's router, so it has no APIRoute to document),
+the two bearer schemes (tenant key, admin token), and for every operation the error statuses it
+can answer, each with the one error envelope of `gateway.errors` instead of FastAPI's
+`HTTPValidationError`, which loragate never sends.
 
     app = FastAPI(...)
     install_openapi(app)      # app.openapi() builds the document once, on first use

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import aiohttp
-import redis.asyncio as aioredis
-
 from gateway.engines.pool import EnginePool
+from gateway.engines.upstream import Upstream
 from gateway.limits.limiter import Limiter
 from gateway.observability.engine_time import EngineTime
 from gateway.observability.metrics import GatewayMetrics
@@ -21,17 +19,14 @@ from registry.store import RegistryStore
 @dataclass
 class AppState:
     settings: Settings
-    redis: aioredis.Redis
     store: RegistryStore
     watcher: SnapshotWatcher
-    session: aiohttp.ClientSession
     pool: EnginePool
+    upstream: Upstream  # the engine call: pool, HTTP session, timeouts
     metrics: GatewayMetrics
     hmac_secret: bytes
     admin_token: str
     limiter: Limiter  # tenant limits: admit before the engine, settle after
-    # engine adapter names -> requests in flight, so old versions unload only when unused
-    draining: set[str] = field(default_factory=set)
     # canary analysis: outcome windows fed by the chat pipeline, judged by gateway/rollout/guard.py
     canary_windows: Windows = field(default_factory=lambda: Windows(CanaryConfig()))
     # what "no adapter" is served through (settings.base_adapter), None: the bare base model

@@ -30,9 +30,10 @@ from typing import Any
 
 import orjson
 
+from adapters.ports import free_port
 from loadtests import engine_arm, fairness, report, stack, wrk
 from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
-from loadtests.procs import Proc, free_port
+from loadtests.procs import Proc
 
 GATEWAY_CPU = 0
 CLIENT_CPU = 1
@@ -73,7 +74,10 @@ SMOKE = Plan(
 
 
 @dataclass
-class Arm:
+class Contender:
+    """One system the bench drives (direct to the mock, loragate, LiteLLM): an "arm" of the
+    comparison, not a canary arm (registry.models.Arm)."""
+
     name: str
     json_target: Target
     sse_target: Target
@@ -116,7 +120,9 @@ def targets(
     return json_target, sse_target
 
 
-def measure(arm: Arm, plan: Plan, mode: str, level: float, rep: str, mock: Proc) -> dict[str, Any]:
+def measure(
+    arm: Contender, plan: Plan, mode: str, level: float, rep: str, mock: Proc
+) -> dict[str, Any]:
     """One run of one arm at one level, with the CPU, RSS and Redis deltas around it."""
     cpu0 = arm.proc.cpu_seconds() if arm.proc else 0.0
     mock0 = mock.cpu_seconds()
@@ -184,7 +190,9 @@ def redis_idle_rate(url: str, seconds: float) -> float:
     return total / seconds
 
 
-def run_arm(arm: Arm, plan: Plan, rep: str, mock: Proc, records: list[dict[str, Any]]) -> None:
+def run_arm(
+    arm: Contender, plan: Plan, rep: str, mock: Proc, records: list[dict[str, Any]]
+) -> None:
     for rate in plan.rates:
         if arm.saturated_at <= rate:
             continue
@@ -255,8 +263,8 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         direct_json, direct_sse = targets(mock.url, stack.BASE_MODEL, [], frames=plan.sse_chunks)
         lg_json, lg_sse = targets(gw.url, "chat", keys, frames=plan.sse_chunks)
         arms = {
-            "direct": Arm("direct", direct_json, direct_sse, None),
-            "loragate": Arm("loragate", lg_json, lg_sse, gw.proc, redis.url),
+            "direct": Contender("direct", direct_json, direct_sse, None),
+            "loragate": Contender("loragate", lg_json, lg_sse, gw.proc, redis.url),
         }
         # Warm the gateway: adapters resident on both replicas, connection pool filled.
         run_sync(open_loop(lg_json, rate=200, duration=1.0))
@@ -266,7 +274,7 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
                 lite = stack.start_litellm(work, upstream=mock.url, cpu=_gateway_cpu())
                 services.append(lite)
                 lj, ls = targets(lite.url, "chat", [lite.admin_token], frames=plan.sse_chunks)
-                arms["litellm"] = Arm("litellm", lj, ls, lite.proc)
+                arms["litellm"] = Contender("litellm", lj, ls, lite.proc)
                 run_sync(open_loop(lj, rate=50, duration=1.0))
             except (RuntimeError, TimeoutError, OSError) as exc:
                 notes.append(f"LiteLLM arm skipped: {str(exc)[:300]}")

@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
+from adapters.ports import free_port
 from loadtests import stack
-from loadtests.procs import free_port
 
 SLOTS = 8
 CONC = 32

@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,10 +25,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def pinned(cpu: int | None) -> list[str]:
+    """The command prefix that pins a process to one core (none without `taskset`)."""
+    return ["taskset", "-c", str(cpu)] if cpu is not None and shutil.which("taskset") else []
 
 
 def cpu_count() -> int:
@@ -107,8 +105,7 @@ class Proc:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
     ) -> Proc:
-        if cpu is not None and shutil.which("taskset"):
-            cmd = ["taskset", "-c", str(cpu), *cmd]
+        cmd = [*pinned(cpu), *cmd]
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"{name}.log"
         with log.open("ab") as out:

@@ -16,17 +16,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from adapters.ports import free_port
 from adapters.safetensors_header import encode_zeros
-from loadtests.procs import Proc, free_port
+from gateway.admin import client as api
+from gateway.admin.client import AdminClient
+from loadtests.procs import Proc, pinned
+from registry.redis_process import RedisProcess
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_MODEL = "bench-base"
@@ -71,30 +71,11 @@ def write_lora(
 
 
 def start_redis(work: Path, *, cpu: int | None) -> Service:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise RuntimeError("redis-server is not installed (make bench installs it)")
-    port = free_port()
-    data = work / "redis"
-    data.mkdir(parents=True, exist_ok=True)
-    cmd = [exe, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data), "--save", ""]
-    cmd += ["--appendonly", "no", "--protected-mode", "yes"]
-    proc = Proc.start("redis", cmd, log_dir=work / "logs", cpu=cpu)
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            if client.ping():
-                break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.popen.poll() is not None:
-                raise RuntimeError("redis-server did not start:\n" + proc.tail()) from None
-            time.sleep(0.05)
-    client.close()
-    return Service(proc, url)
+    """Redis without persistence: the bench measures the gateway, not the disk."""
+    server = RedisProcess(workdir=work / "redis", appendonly=False, launcher=pinned(cpu))
+    server.start()
+    assert server.proc is not None
+    return Service(Proc("redis", server.proc, server.log_path), server.url)
 
 
 def redis_calls(url: str) -> dict[str, int]:
@@ -177,22 +158,12 @@ def seed_loragate(
 
     `adapters` (paths under `store`) replace the generated mock artifacts (real-engine arm).
     """
-    client = httpx.Client(
-        base_url=url + "/admin/v1", headers={"authorization": f"Bearer {admin_token}"}, timeout=60
-    )
-
-    def call(method: str, path: str, body: Any = None) -> Any:
-        response = client.request(method, path, json=body)
-        if response.status_code >= 400:
-            raise RuntimeError(f"seeding: {method} {path}: {response.status_code} {response.text}")
-        return response.json() if response.content else None
-
     out: list[dict[str, Any]] = []
-    with client:
+    with AdminClient(url, admin_token) as admin:
         for i in range(tenants):
             tenant = f"{prefix}{i}"
-            call("POST", "/tenants", {"id": tenant, "display_name": f"Bench tenant {i}"})
-            key = call("POST", f"/tenants/{tenant}/keys")
+            admin.send(api.create_tenant(tenant, display_name=f"Bench tenant {i}"))
+            key = admin.send(api.issue_key(tenant))
             releases = []
             for version in (1, 2):
                 if adapters is not None:
@@ -200,33 +171,17 @@ def seed_loragate(
                 else:
                     rel = Path(tenant) / f"a-v{version}"
                     write_lora(store / rel, base_model=base_model, seed=i * 10 + version)
-                adapter = call("POST", f"/tenants/{tenant}/adapters/a/versions", {"path": str(rel)})
+                adapter = admin.send(api.register_adapter(tenant, "a", str(rel)))
                 prompt_ref = None
                 if system_prompt is not None:
-                    prompt = call(
-                        "POST",
-                        f"/tenants/{tenant}/prompts/p/versions",
-                        {"system_prompt": f"{system_prompt} (v{version})"},
-                    )
-                    prompt_ref = prompt["ref"]
-                release = call(
-                    "POST",
-                    f"/tenants/{tenant}/models/chat/releases",
-                    {"adapter": adapter["ref"], "prompt": prompt_ref},
-                )
-                releases.append(release["release"])
+                    text = f"{system_prompt} (v{version})"
+                    prompt_ref = admin.send(api.register_prompt(tenant, "p", text)).ref
+                new = api.create_release(tenant, "chat", adapter=adapter.ref, prompt=prompt_ref)
+                releases.append(admin.send(new).id)
             if canary_weight > 0:
-                state = call("GET", f"/tenants/{tenant}/models/chat")
-                call(
-                    "POST",
-                    f"/tenants/{tenant}/models/chat/canary",
-                    {
-                        "release": releases[1],
-                        "weight": canary_weight,
-                        "expected_revision": state["revision"],
-                    },
-                )
-            out.append({"id": tenant, "api_key": key["api_key"], "models": ["chat"]})
+                revision = admin.send(api.get_model(tenant, "chat")).revision
+                admin.send(api.canary(tenant, "chat", releases[1], canary_weight, revision))
+            out.append({"id": tenant, "api_key": key.api_key, "models": ["chat"]})
     return out
 
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from pydantic import BaseModel
 
+from gateway.admin import client as api
 from registry.models import PRIORITY_CLASSES
 
 
@@ -30,35 +31,30 @@ def _connection(args: argparse.Namespace) -> tuple[str, str]:
     return (url or "http://127.0.0.1:8000").rstrip("/"), token or ""
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None, **params: Any) -> Any:
+def _send(args: argparse.Namespace, call: api.AdminCall[Any]) -> Any:
+    """Send one admin call; its answer as JSON data (what `--json` prints)."""
     url, token = _connection(args)
-    query = {k: v for k, v in params.items() if v is not None}
     try:
-        response = httpx.request(
-            method,
-            f"{url}/admin/v1{path}",
-            json=body,
-            params=query,
-            headers={"authorization": f"Bearer {token}"},
-            timeout=120.0,
-        )
-    except httpx.HTTPError as exc:
-        print(f"error: cannot reach {url}: {type(exc).__name__}", file=sys.stderr)
+        with api.AdminClient(url, token) as client:
+            answer = client.send(call)
+    except api.AdminUnreachable as exc:
+        print(f"error: cannot reach {url}: {exc.reason}", file=sys.stderr)
         raise SystemExit(3) from None
-    if response.status_code == 204:
-        return None
-    data = response.json()
-    if response.status_code >= 400:
-        error = data.get("error", {}) if isinstance(data, dict) else {}
+    except api.AdminError as exc:
         if args.json:
-            print(json.dumps(data, indent=2))
+            print(json.dumps(exc.body, indent=2))
         else:
-            print(
-                f"error {response.status_code} {error.get('code')}: {error.get('message')}",
-                file=sys.stderr,
-            )
-        raise SystemExit(2)
-    return data
+            print(f"error {exc.status} {exc.code}: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return _data(answer)
+
+
+def _data(answer: Any) -> Any:
+    if isinstance(answer, BaseModel):
+        return answer.model_dump(mode="json")
+    if isinstance(answer, list):
+        return [_data(item) for item in answer]
+    return answer
 
 
 def _print(args: argparse.Namespace, data: Any, columns: list[str] | None = None) -> None:
@@ -87,32 +83,30 @@ def _json_arg(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def _alias_path(args: argparse.Namespace) -> str:
-    return f"/tenants/{args.tenant}/models/{args.alias}"
-
-
 def _current_revision(args: argparse.Namespace) -> int:
     if args.expected_revision is not None:
         return int(args.expected_revision)
-    return int(_call(args, "GET", _alias_path(args))["revision"])
+    return int(_send(args, api.get_model(args.tenant, args.alias))["revision"])
 
 
 def _run(args: argparse.Namespace) -> int:
     action = args.admin_action
     alias_cols = ["alias", "stable", "canary", "canary_weight", "revision", "flags"]
+    call: api.AdminCall[Any]
     if action == "tenants-create":
-        limits = _json_arg(args.limits)
-        body = {"id": args.tenant, "display_name": args.display_name, "plan": args.plan}
-        if limits is not None:
-            body["limits"] = limits
-        body.update(_scheduling(args))
-        _print(
-            args, _call(args, "POST", "/tenants", body), ["id", "display_name", "plan", "limits"]
+        call = api.create_tenant(
+            args.tenant,
+            display_name=args.display_name,
+            plan=args.plan,
+            limits=_json_arg(args.limits),
+            weight=args.weight,
+            priority=args.priority,
         )
+        _print(args, _send(args, call), ["id", "display_name", "plan", "limits"])
     elif action == "tenants-list":
-        _print(args, _call(args, "GET", "/tenants"), ["id", "display_name", "plan", "limits"])
+        _print(args, _send(args, api.list_tenants()), ["id", "display_name", "plan", "limits"])
     elif action == "tenants-show":
-        data = _call(args, "GET", f"/tenants/{args.tenant}")
+        data = _send(args, api.get_tenant(args.tenant))
         if args.json:
             _print(args, data)
         else:
@@ -120,68 +114,70 @@ def _run(args: argparse.Namespace) -> int:
             print()
             _print(args, data.get("models", []), alias_cols)
     elif action == "tenants-limits":
-        data = _call(args, "PATCH", f"/tenants/{args.tenant}", {"limits": _json_arg(args.limits)})
+        data = _send(args, api.update_tenant(args.tenant, limits=_json_arg(args.limits)))
         _print(args, data, ["id", "limits"])
     elif action == "tenants-scheduling":
-        data = _call(args, "PATCH", f"/tenants/{args.tenant}", _scheduling(args, plan=True))
-        _print(args, data, ["id", "plan", "weight", "priority"])
+        call = api.update_tenant(
+            args.tenant, plan=args.plan, weight=args.weight, priority=args.priority
+        )
+        _print(args, _send(args, call), ["id", "plan", "weight", "priority"])
     elif action == "priority":
-        body = {"priority": args.priority, "expected_revision": _current_revision(args)}
-        _print(args, _call(args, "PUT", f"{_alias_path(args)}/flags", body), alias_cols)
+        call = api.set_flags(
+            args.tenant, args.alias,
+            priority=args.priority, expected_revision=_current_revision(args),
+        )  # fmt: skip
+        _print(args, _send(args, call), alias_cols)
     elif action == "keys-create":
-        _print(args, _call(args, "POST", f"/tenants/{args.tenant}/keys"), ["key_id", "api_key"])
+        _print(args, _send(args, api.issue_key(args.tenant)), ["key_id", "api_key"])
     elif action == "keys-revoke":
-        _call(args, "DELETE", f"/tenants/{args.tenant}/keys/{args.key_id}")
+        _send(args, api.revoke_key(args.tenant, args.key_id))
         print(f"revoked {args.key_id}")
     elif action == "adapters-register":
-        body = {"path": args.path, "metadata": _json_arg(args.metadata) or {}}
-        data = _call(args, "POST", f"/tenants/{args.tenant}/adapters/{args.name}/versions", body)
-        _print(args, data, ["ref", "digest", "rank", "target_modules", "size_bytes"])
+        call = api.register_adapter(
+            args.tenant, args.name, args.path, metadata=_json_arg(args.metadata) or {}
+        )
+        _print(args, _send(args, call), ["ref", "digest", "rank", "target_modules", "size_bytes"])
     elif action == "prompts-register":
         system = Path(args.system_file).read_text() if args.system_file else args.system
-        body = {
-            "system_prompt": system or "",
-            "params": _json_arg(args.params) or {},
-            "response_schema": _json_arg(args.schema),
-        }
-        data = _call(args, "POST", f"/tenants/{args.tenant}/prompts/{args.name}/versions", body)
-        _print(args, data, ["ref", "system_prompt"])
+        call = api.register_prompt(
+            args.tenant, args.name, system or "",
+            params=_json_arg(args.params) or {}, response_schema=_json_arg(args.schema),
+        )  # fmt: skip
+        _print(args, _send(args, call), ["ref", "system_prompt"])
     elif action == "releases-create":
-        body = {
-            "adapter": args.adapter,
-            "prompt": args.prompt,
-            "params": _json_arg(args.params) or {},
-            "eval": _json_arg(args.eval),
-            "schema_violation": args.schema_violation,
-        }
-        if args.thresholds:
-            body["thresholds"] = _json_arg(args.thresholds)
-        data = _call(args, "POST", f"{_alias_path(args)}/releases", body)
-        _print(args, data, ["release", "adapter", "prompt"])
+        call = api.create_release(
+            args.tenant, args.alias, adapter=args.adapter, prompt=args.prompt,
+            params=_json_arg(args.params) or {}, eval=_json_arg(args.eval),
+            thresholds=_json_arg(args.thresholds), schema_violation=args.schema_violation,
+        )  # fmt: skip
+        _print(args, _send(args, call), ["release", "adapter", "prompt"])
     elif action == "models-list":
-        _print(args, _call(args, "GET", f"/tenants/{args.tenant}/models"), alias_cols)
+        _print(args, _send(args, api.list_models(args.tenant)), alias_cols)
     elif action == "models-show":
-        _print(args, _call(args, "GET", _alias_path(args)), alias_cols)
+        _print(args, _send(args, api.get_model(args.tenant, args.alias)), alias_cols)
     elif action == "canary":
-        body = {
-            "release": args.release,
-            "weight": args.weight,
-            "expected_revision": _current_revision(args),
-        }
-        _print(args, _call(args, "POST", f"{_alias_path(args)}/canary", body), alias_cols)
+        call = api.canary(
+            args.tenant, args.alias, args.release, args.weight, _current_revision(args)
+        )
+        _print(args, _send(args, call), alias_cols)
     elif action == "promote":
-        body = {"expected_revision": _current_revision(args)}
-        _print(args, _call(args, "POST", f"{_alias_path(args)}/promote", body), alias_cols)
+        call = api.promote(args.tenant, args.alias, _current_revision(args))
+        _print(args, _send(args, call), alias_cols)
     elif action == "rollback":
-        body = {"expected_revision": _current_revision(args), "reason": args.reason}
-        _print(args, _call(args, "POST", f"{_alias_path(args)}/rollback", body), alias_cols)
+        call = api.rollback(
+            args.tenant, args.alias, args.reason, expected_revision=_current_revision(args)
+        )
+        _print(args, _send(args, call), alias_cols)
     elif action == "kill-switch":
-        body = {"kill_switch": args.state == "on", "expected_revision": _current_revision(args)}
-        _print(args, _call(args, "PUT", f"{_alias_path(args)}/flags", body), alias_cols)
+        call = api.set_flags(
+            args.tenant, args.alias,
+            kill_switch=args.state == "on", expected_revision=_current_revision(args),
+        )  # fmt: skip
+        _print(args, _send(args, call), alias_cols)
     elif action == "eval":
         return _eval(args)
     elif action == "audit":
-        data = _call(args, "GET", "/audit", tenant=args.tenant, count=args.count)
+        data = _send(args, api.audit(args.tenant, args.count))
         if not args.json:
             for entry in data:
                 stamp = float(entry.get("time") or 0)
@@ -192,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """Run a release's evaluation set; exit status 1 when it does not pass (for scripts)."""
-    data = _call(args, "POST", f"{_alias_path(args)}/eval", {"release": args.release})
+    data = _send(args, api.evaluate(args.tenant, args.alias, args.release))
     if args.json:
         _print(args, data)
     else:
@@ -281,11 +277,3 @@ def register(sub: Any) -> None:
 def _scheduling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight", type=float, default=None, help="fair-queue share (0.1-100)")
     p.add_argument("--priority", choices=PRIORITY_CLASSES, default=None)
-
-
-def _scheduling(args: argparse.Namespace, *, plan: bool = False) -> dict[str, Any]:
-    """The scheduling fields given on the command line (absent ones unchanged)."""
-    fields = {"weight": args.weight, "priority": args.priority}
-    if plan:
-        fields["plan"] = args.plan
-    return {k: v for k, v in fields.items() if v is not None}

@@ -8,141 +8,40 @@ alias mutation is a compare-and-set on `expected_revision`; a rejected request w
 from __future__ import annotations
 
 import hmac
-import math
 import time
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters.errors import EngineError
+from gateway.admin.schemas import (
+    AdapterVersionCreate,
+    AdapterVersionPublic,
+    AliasPublic,
+    AuditEntryPublic,
+    CanaryBody,
+    EvalBody,
+    EvalReportPublic,
+    FlagsBody,
+    KeyPublic,
+    PromoteBody,
+    PromptVersionCreate,
+    PromptVersionPublic,
+    ReleaseCreate,
+    ReleasePublic,
+    RollbackBody,
+    TenantCreate,
+    TenantDetailPublic,
+    TenantPatch,
+    TenantPublic,
+    UsagePublic,
+)
 from gateway.errors import ApiError
 from gateway.rollout.evaluation import evaluate_alias, gate_promotion
 from gateway.state import AppState
 from registry import rollout
-from registry.models import NAME_PATTERN, Alias, Flags, Limits, PriorityClass, Thresholds, is_name
+from registry.models import Alias, Flags, is_name
 from registry.refs import parse_ref
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="after")
-    def _storable(self) -> Self:
-        """Refuse what the registry cannot store and read back (422, nothing written): Python's
-        JSON parser accepts `NaN`, `1e400` (inf), integers of any size and lone surrogates;
-        orjson cannot encode the last two (was a 500), and writes NaN/inf as null, which made
-        a release or tenant record unreadable (and the snapshot with it)."""
-        for name, value in self.model_dump().items():
-            problem = unstorable(value)
-            if problem is not None:
-                raise ValueError(f"`{name}`: {problem}")
-        return self
-
-
-def unstorable(value: object) -> str | None:
-    """Why `value` (parsed JSON) cannot round-trip through the registry's JSON, or None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return None if -(2**63) <= value < 2**64 else "integers must fit in 64 bits"
-    if isinstance(value, float):
-        return None if math.isfinite(value) else "numbers must be finite"
-    if isinstance(value, str):
-        return None if value.isascii() or _is_utf8(value) else "strings must be valid Unicode"
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = unstorable(key) if isinstance(key, str) else "object keys must be strings"
-            if problem is None:
-                problem = unstorable(item)
-            if problem is not None:
-                return problem
-        return None
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            problem = unstorable(item)
-            if problem is not None:
-                return problem
-    return None
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # lone surrogates
-        return False
-    return True
-
-
-def _documented_name() -> Any:
-    """The name rule in the schema only: `_name` checks it (422 `invalid_name`, not pydantic's)."""
-    return Field(json_schema_extra={"pattern": NAME_PATTERN})
-
-
-class TenantCreate(Body):
-    id: str = _documented_name()
-    display_name: str = ""
-    plan: str = "default"
-    limits: Limits | None = None
-    weight: float | None = Field(default=None, ge=0.1, le=100.0)  # None: the plan's
-    priority: PriorityClass | None = None
-
-
-class TenantPatch(Body):
-    display_name: str | None = None
-    limits: Limits | None = None
-    plan: str | None = None
-    weight: float | None = Field(default=None, ge=0.1, le=100.0)
-    priority: PriorityClass | None = None
-
-
-class AdapterVersionCreate(Body):
-    path: str = Field(min_length=1, max_length=255)
-    metadata: dict[str, Any] = {}
-
-
-class PromptVersionCreate(Body):
-    system_prompt: str = Field(max_length=32_768)
-    params: dict[str, Any] = {}
-    response_schema: dict[str, Any] | None = None
-    refusal_patterns: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        default_factory=list, max_length=50
-    )
-
-
-class ReleaseCreate(Body):
-    adapter: str | None
-    prompt: str | None
-    params: dict[str, Any] = {}
-    eval: dict[str, Any] | None = None
-    thresholds: Thresholds | None = None
-    schema_violation: Literal["pass", "reject"] = "pass"
-
-
-class CanaryBody(Body):
-    release: str = _documented_name()
-    weight: float = Field(ge=0.0, le=1.0)
-    expected_revision: int
-    reason: str = ""
-
-
-class PromoteBody(Body):
-    expected_revision: int
-    reason: str = ""
-    skip_eval: bool = False
-
-
-class RollbackBody(Body):
-    expected_revision: int | None = None
-    reason: str = Field(min_length=1, max_length=500)
-
-
-class FlagsBody(Body):
-    kill_switch: bool | None = None
-    auto_rollback: bool | None = None
-    priority: PriorityClass | None = None
-    expected_revision: int | None = None
-    reason: str = ""
 
 
 def app_state(request: Request) -> AppState:
@@ -175,24 +74,11 @@ def _name(value: str, what: str) -> str:
     return value
 
 
-def alias_view(alias: Alias) -> dict[str, Any]:
-    return {
-        "tenant": alias.tenant,
-        "alias": alias.alias,
-        "stable": alias.stable,
-        "canary": alias.canary,
-        "canary_weight": alias.canary_weight,
-        "revision": alias.revision,
-        "flags": alias.flags.model_dump(),
-        "history": [h.model_dump() for h in alias.history],
-    }
-
-
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
 
 
 @router.post("/tenants", status_code=201)
-async def create_tenant(body: TenantCreate, state: StateDep, actor: ActorDep) -> dict[str, Any]:
+async def create_tenant(body: TenantCreate, state: StateDep, actor: ActorDep) -> TenantPublic:
     tenant = await state.store.create_tenant(
         _name(body.id, "tenant id"),
         display_name=body.display_name,
@@ -202,26 +88,30 @@ async def create_tenant(body: TenantCreate, state: StateDep, actor: ActorDep) ->
         priority=body.priority,
         actor=actor,
     )
-    return tenant.model_dump()
+    return TenantPublic.model_validate(tenant.model_dump())
 
 
 @router.get("/tenants")
-async def list_tenants(state: StateDep, actor: ActorDep) -> list[dict[str, Any]]:
-    return [t.model_dump() for t in await state.store.list_tenants()]
+async def list_tenants(state: StateDep, actor: ActorDep) -> list[TenantPublic]:
+    return [TenantPublic.model_validate(t.model_dump()) for t in await state.store.list_tenants()]
 
 
 @router.get("/tenants/{tenant}")
-async def get_tenant(tenant: str, state: StateDep, actor: ActorDep) -> dict[str, Any]:
+async def get_tenant(tenant: str, state: StateDep, actor: ActorDep) -> TenantDetailPublic:
     record = await state.store.get_tenant(_name(tenant, "tenant id"))
     aliases = await state.store.list_aliases(tenant)
     usage = await state.limiter.usage(record)
-    return {**record.model_dump(), "usage": usage, "models": [alias_view(a) for a in aliases]}
+    return TenantDetailPublic(
+        **record.model_dump(),
+        usage=UsagePublic.model_validate(usage),
+        models=tuple(AliasPublic.of(a) for a in aliases),
+    )
 
 
 @router.patch("/tenants/{tenant}")
 async def patch_tenant(
     tenant: str, body: TenantPatch, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> TenantPublic:
     record = await state.store.update_tenant(
         _name(tenant, "tenant id"),
         limits=body.limits,
@@ -229,13 +119,13 @@ async def patch_tenant(
         scheduling=body.model_dump(include={"plan", "weight", "priority"}, exclude_none=True),
         actor=actor,
     )
-    return record.model_dump()
+    return TenantPublic.model_validate(record.model_dump())
 
 
 @router.post("/tenants/{tenant}/keys", status_code=201)
-async def issue_key(tenant: str, state: StateDep, actor: ActorDep) -> dict[str, Any]:
+async def issue_key(tenant: str, state: StateDep, actor: ActorDep) -> KeyPublic:
     record, api_key = await state.store.issue_key(_name(tenant, "tenant id"), actor=actor)
-    return {"key_id": record.key_id, "api_key": api_key, "tenant": record.tenant}
+    return KeyPublic(key_id=record.key_id, api_key=api_key, tenant=record.tenant)
 
 
 @router.delete("/tenants/{tenant}/keys/{key_id}", status_code=204)
@@ -247,20 +137,20 @@ async def revoke_key(tenant: str, key_id: str, state: StateDep, actor: ActorDep)
 @router.post("/tenants/{tenant}/adapters/{adapter}/versions", status_code=201)
 async def register_adapter(
     tenant: str, adapter: str, body: AdapterVersionCreate, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> AdapterVersionPublic:
     _name(tenant, "tenant id")
     _name(adapter, "adapter name")
     info = state.settings.validate_artifact(body.path)
     version = await state.store.register_adapter_version(
         tenant, adapter, info, metadata=body.metadata, actor=actor
     )
-    return {**version.model_dump(), "ref": version.ref}
+    return AdapterVersionPublic(**version.model_dump())
 
 
 @router.post("/tenants/{tenant}/prompts/{prompt}/versions", status_code=201)
 async def register_prompt(
     tenant: str, prompt: str, body: PromptVersionCreate, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> PromptVersionPublic:
     if body.response_schema is not None:
         _check_schema(body.response_schema)
     version = await state.store.register_prompt_version(
@@ -272,7 +162,7 @@ async def register_prompt(
         refusal_patterns=body.refusal_patterns,
         actor=actor,
     )
-    return {**version.model_dump(), "ref": version.ref}
+    return PromptVersionPublic(**version.model_dump())
 
 
 def _check_schema(schema: dict[str, Any]) -> None:
@@ -289,7 +179,7 @@ def _check_schema(schema: dict[str, Any]) -> None:
 @router.post("/tenants/{tenant}/models/{alias}/releases", status_code=201)
 async def create_release(
     tenant: str, alias: str, body: ReleaseCreate, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> ReleasePublic:
     _name(tenant, "tenant id")
     _name(alias, "alias")
     if body.adapter is not None:
@@ -306,7 +196,7 @@ async def create_release(
         actor=actor,
     )
     await state.watcher.refresh()
-    return {"release": release.id, **release.model_dump()}
+    return ReleasePublic(**release.model_dump(), release=release.id)
 
 
 async def _preload(state: AppState, tenant: str, adapter_ref: str) -> None:
@@ -330,14 +220,14 @@ async def _preload(state: AppState, tenant: str, adapter_ref: str) -> None:
 
 
 @router.get("/tenants/{tenant}/models")
-async def list_models(tenant: str, state: StateDep, actor: ActorDep) -> list[dict[str, Any]]:
-    return [alias_view(a) for a in await state.store.list_aliases(_name(tenant, "tenant id"))]
+async def list_models(tenant: str, state: StateDep, actor: ActorDep) -> list[AliasPublic]:
+    return [AliasPublic.of(a) for a in await state.store.list_aliases(_name(tenant, "tenant id"))]
 
 
 @router.get("/tenants/{tenant}/models/{alias}")
-async def get_model(tenant: str, alias: str, state: StateDep, actor: ActorDep) -> dict[str, Any]:
+async def get_model(tenant: str, alias: str, state: StateDep, actor: ActorDep) -> AliasPublic:
     record = await state.store.get_alias(_name(tenant, "tenant id"), _name(alias, "alias"))
-    return alias_view(record)
+    return AliasPublic.of(record)
 
 
 async def _mutate(
@@ -349,7 +239,7 @@ async def _mutate(
     action: str,
     reason: str,
     actor: str,
-) -> dict[str, Any]:
+) -> AliasPublic:
     record = await state.store.mutate_alias(
         _name(tenant, "tenant id"),
         _name(alias, "alias"),
@@ -360,13 +250,13 @@ async def _mutate(
         actor=actor,
     )
     await state.watcher.refresh()
-    return alias_view(record)
+    return AliasPublic.of(record)
 
 
 @router.post("/tenants/{tenant}/models/{alias}/canary")
 async def canary(
     tenant: str, alias: str, body: CanaryBody, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> AliasPublic:
     release = await state.store.get_release(
         _name(tenant, "tenant id"), _name(body.release, "release")
     )
@@ -389,7 +279,7 @@ async def canary(
 @router.post("/tenants/{tenant}/models/{alias}/promote")
 async def promote(
     tenant: str, alias: str, body: PromoteBody, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> AliasPublic:
     await gate_promotion(  # 422 eval_failed with the failing cases, unless skip_eval
         state, _name(tenant, "tenant id"), _name(alias, "alias"),
         expected_revision=body.expected_revision, skip=body.skip_eval,
@@ -407,24 +297,20 @@ async def promote(
     )
 
 
-class EvalBody(Body):
-    release: str | None = None  # default: the canary, else the stable release
-
-
 @router.post("/tenants/{tenant}/models/{alias}/eval")
 async def run_eval(
     tenant: str, alias: str, body: EvalBody, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> EvalReportPublic:
     """Run a release's evaluation set now; per-case results (a failing eval is still a 200)."""
     release = None if body.release is None else _name(body.release, "release")
     report = await evaluate_alias(state, _name(tenant, "tenant id"), _name(alias, "alias"), release)
-    return report.view()
+    return EvalReportPublic.model_validate(report.view())
 
 
 @router.post("/tenants/{tenant}/models/{alias}/rollback")
 async def rollback(
     tenant: str, alias: str, body: RollbackBody, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> AliasPublic:
     now = time.time()
     return await _mutate(
         state,
@@ -441,7 +327,7 @@ async def rollback(
 @router.put("/tenants/{tenant}/models/{alias}/flags")
 async def put_flags(
     tenant: str, alias: str, body: FlagsBody, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> AliasPublic:
     now = time.time()
 
     def change(current: Alias) -> Alias:
@@ -465,7 +351,7 @@ async def audit(
     actor: ActorDep,
     tenant: Annotated[str | None, Query()] = None,
     count: Annotated[int, Query(ge=1, le=10_000)] = 100,
-) -> list[dict[str, Any]]:
+) -> list[AuditEntryPublic]:
     if tenant is not None:
         _name(tenant, "tenant id")
-    return await state.store.audit(tenant, count)
+    return [AuditEntryPublic.model_validate(e) for e in await state.store.audit(tenant, count)]

@@ -1,16 +1,12 @@
-"""The demo stack as an operator's scripts see it: `.loragate/demo.json`, the admin API, a local
-`prometheus` process, and chat traffic sent the way a client sends it. Used by `loragate demo
-observe` and `loragate demo bad-canary` (gateway/demo/ops.py)."""
+"""The demo stack as an operator's scripts see it: `.loragate/demo.json`, the admin API (through
+gateway.admin.client), a local `prometheus` process, and chat traffic sent the way a client sends
+it. Used by `loragate demo observe` and `loragate demo bad-canary` (gateway/demo/ops.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import subprocess
 import tempfile
-import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,8 +15,12 @@ from typing import Any
 
 import httpx
 
+from gateway.admin import client as api
+from gateway.admin.client import AdminClient
+from gateway.admin.schemas import ReleasePublic
 from gateway.demo import panels as observe
-from gateway.demo.common import ROOT, _free_port
+from gateway.demo.common import ROOT
+from gateway.observability.prometheus_process import PrometheusProcess
 
 
 @dataclass(frozen=True)
@@ -44,111 +44,43 @@ def load_demo() -> Demo:
     )
 
 
-class Admin:
-    """The admin API of the demo gateway; any 4xx/5xx raises with the server's answer."""
-
-    def __init__(self, demo: Demo) -> None:
-        self._client = httpx.Client(
-            base_url=demo.url + "/admin/v1",
-            headers={"authorization": f"Bearer {demo.admin_token}"},
-            timeout=120,
-        )
-
-    def __call__(self, method: str, path: str, body: Any = None) -> Any:
-        response = self._client.request(method, path, json=body)
-        if response.status_code >= 400:
-            raise RuntimeError(f"{method} {path} -> {response.status_code} {response.text}")
-        return response.json() if response.content else None
-
-    def close(self) -> None:
-        self._client.close()
-
-    def stable_adapter(self, tenant: str, alias: str) -> str | None:
-        """The adapter ref of the alias's stable release (from its create_release audit entry)."""
-        stable = self("GET", f"/tenants/{tenant}/models/{alias}")["stable"]
-        for entry in self("GET", f"/audit?tenant={tenant}&count=1000"):
-            if entry["action"] == "create_release" and entry["target"] == stable:
-                adapter: str | None = entry["after"]["adapter"]
-                return adapter
-        raise RuntimeError(f"no audit entry for release {stable}")
-
-    def start_canary(self, tenant: str, alias: str, body: dict[str, Any], weight: float) -> str:
-        release: str = self("POST", f"/tenants/{tenant}/models/{alias}/releases", body)["release"]
-        revision = self("GET", f"/tenants/{tenant}/models/{alias}")["revision"]
-        self(
-            "POST", f"/tenants/{tenant}/models/{alias}/canary",
-            {"release": release, "weight": weight, "expected_revision": revision},
-        )  # fmt: skip
-        return release
+def admin_client(demo: Demo) -> AdminClient:
+    """The admin API of the demo gateway (close it when done)."""
+    return AdminClient(demo.url, demo.admin_token)
 
 
-class LocalPrometheus:
-    """A `prometheus` process on a free loopback port with its own temporary storage."""
+def stable_adapter(admin: AdminClient, tenant: str, alias: str) -> str | None:
+    """The adapter ref of the alias's stable release (from its create_release audit entry)."""
+    stable = admin.send(api.get_model(tenant, alias)).stable
+    for entry in admin.send(api.audit(tenant, 1000)):
+        if entry.action == "create_release" and entry.target == stable:
+            adapter: str | None = entry.after["adapter"]
+            return adapter
+    raise RuntimeError(f"no audit entry for release {stable}")
 
-    def __init__(self, exe: str, interval_s: float) -> None:
-        self.exe = exe
-        self.interval_s = interval_s
-        self.workdir = Path(tempfile.mkdtemp(prefix="loragate-observe-"))
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self, targets: Sequence[str], rules: Sequence[Path], timeout: float = 30) -> None:
-        for rule in rules:
-            shutil.copy(rule, self.workdir / rule.name)
-        config = observe.prometheus_config(targets, [r.name for r in rules], self.interval_s)
-        (self.workdir / "prometheus.yml").write_text(json.dumps(config))
-        with (self.workdir / "prometheus.log").open("wb") as log:
-            self.proc = subprocess.Popen(  # noqa: S603
-                [self.exe, f"--config.file={self.workdir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"prometheus not ready in {timeout:.0f}s: {self.log()}")
+def start_canary(
+    admin: AdminClient, release: api.AdminCall[ReleasePublic], weight: float
+) -> ReleasePublic:
+    """Create the release and put it on a canary of `weight` at the alias's current revision."""
+    created = admin.send(release)
+    current = admin.send(api.get_model(created.tenant, created.alias))
+    admin.send(api.canary(created.tenant, created.alias, created.id, weight, current.revision))
+    return created
 
-    def log(self) -> str:
-        path = self.workdir / "prometheus.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
-    def api(self, path: str, **params: str) -> Any:
-        query = urllib.parse.urlencode(params)
-        return httpx.get(f"{self.url}/api/v1/{path}?{query}", timeout=10).json()
+def prometheus(
+    exe: str, interval_s: float, targets: Sequence[str], rules: Sequence[Path]
+) -> PrometheusProcess:
+    """A `prometheus` on a free loopback port with its own temporary storage (removed by
+    `stop_prometheus`)."""
+    workdir = Path(tempfile.mkdtemp(prefix="loragate-observe-"))
+    return PrometheusProcess(workdir, targets, rules, interval_s=interval_s, exe=exe)
 
-    def query_until(self, expr: str, deadline: float) -> Any:
-        """Poll an instant query until it has data, errors, or the deadline passes."""
-        while True:
-            response = self.api("query", query=expr)
-            if response.get("status") != "success" or observe.has_data(response):
-                return response
-            if time.monotonic() > deadline:
-                return response
-            time.sleep(0.5)
 
-    def rules(self) -> list[dict[str, Any]]:
-        return [
-            {**rule, "group": group["name"]}
-            for group in self.api("rules")["data"]["groups"]
-            for rule in group["rules"]
-        ]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+def stop_prometheus(prom: PrometheusProcess) -> None:
+    prom.stop()
+    shutil.rmtree(prom.workdir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -31,18 +31,22 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
+from gateway.admin import client as api
+from gateway.admin.client import AdminError, AdminUnreachable
 from gateway.demo import panels as observe
 from gateway.demo.client import (
-    Admin,
-    LocalPrometheus,
     Result,
+    admin_client,
     load_demo,
+    prometheus,
     run_traffic,
     scrape_metric,
+    stable_adapter,
+    start_canary,
+    stop_prometheus,
 )
 from gateway.demo.common import DATASETS, REPO, TENANTS, _say, _system_prompt
+from gateway.observability.prometheus_process import PrometheusProcess
 
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
 RULES = [REPO / "deploy" / "prometheus" / n for n in ("recording_rules.yml", "alert_rules.yml")]
@@ -90,36 +94,37 @@ def observe_cmd(args: argparse.Namespace) -> int:
     if exe is None:
         raise SystemExit("prometheus is not installed: run `make sysdeps` (Debian package)")
     demo = load_demo()
-    admin = Admin(demo)
+    admin = admin_client(demo)
     canary_tenant, other = "acme", "blackbeard"
     alias = demo.models[canary_tenant]
-    saved = {t: admin("GET", f"/tenants/{t}")["limits"] for t in (canary_tenant, other)}
-    prom = LocalPrometheus(exe, args.interval)
+    saved = {
+        t: admin.send(api.get_tenant(t)).limits.model_dump(mode="json")
+        for t in (canary_tenant, other)
+    }
+    prom = prometheus(exe, args.interval, [demo.url.removeprefix("http://")], RULES)
     started_canary = False
     try:
-        prom.start([demo.url.removeprefix("http://")], RULES)
+        prom.start()
         _say(f"prometheus on {prom.url} scraping {demo.url} every {args.interval:g}s")
-        deadline = time.monotonic() + 30
-        if not observe.has_data(prom.query_until("up == 1", deadline)):
+        if not observe.has_data(prom.query_until("up == 1", observe.has_data, timeout=30)):
             raise RuntimeError(f"prometheus cannot scrape the gateway: {prom.log()}")
         system_prompt = admin_system_prompt(canary_tenant)
-        prompt = admin(
-            "POST", f"/tenants/{canary_tenant}/prompts/observe/versions",
-            {"system_prompt": system_prompt, "params": {"temperature": 0, "max_tokens": 64},
-             "refusal_patterns": list(REFUSALS)},
+        prompt = admin.send(
+            api.register_prompt(
+                canary_tenant, "observe", system_prompt,
+                params={"temperature": 0, "max_tokens": 64}, refusal_patterns=list(REFUSALS),
+            )
         )  # fmt: skip
-        adapter = admin.stable_adapter(canary_tenant, alias)
-        release = admin.start_canary(
-            canary_tenant, alias, {"adapter": adapter, "prompt": prompt["ref"]}, 0.5
-        )
+        adapter = stable_adapter(admin, canary_tenant, alias)
+        new = api.create_release(canary_tenant, alias, adapter=adapter, prompt=prompt.ref)
+        release = start_canary(admin, new, 0.5).id
         started_canary = True
         _say(f"canary {canary_tenant}/{alias} -> {release} at 50% (same adapter, prompt v2)")
-        admin(
-            "PATCH",
-            f"/tenants/{canary_tenant}",
-            {"limits": {**saved[canary_tenant], "budget": {"amount": 50.0, "period": "day"}}},
+        budget = {"amount": 50.0, "period": "day"}
+        admin.send(
+            api.update_tenant(canary_tenant, limits={**saved[canary_tenant], "budget": budget})
         )
-        admin("PATCH", f"/tenants/{other}", {"limits": {**saved[other], "max_concurrency": 2}})
+        admin.send(api.update_tenant(other, limits={**saved[other], "max_concurrency": 2}))
         _say(f"limits: {canary_tenant} budget 50/day, {other} max_concurrency 2")
         jobs: list[tuple[str, dict[str, Any]]] = []
         for i in range(args.requests):
@@ -155,15 +160,12 @@ def observe_cmd(args: argparse.Namespace) -> int:
         )
         return 1 if empty or unhealthy or not rules else 0
     finally:
-        prom.stop()
-        with contextlib.suppress(RuntimeError, httpx.HTTPError):
+        stop_prometheus(prom)
+        with contextlib.suppress(AdminError, AdminUnreachable):
             for tenant, limits in saved.items():
-                admin("PATCH", f"/tenants/{tenant}", {"limits": limits})
+                admin.send(api.update_tenant(tenant, limits=limits))
             if started_canary:
-                admin(
-                    "POST", f"/tenants/{canary_tenant}/models/{alias}/rollback",
-                    {"reason": "demo observe finished"},
-                )  # fmt: skip
+                admin.send(api.rollback(canary_tenant, alias, "demo observe finished"))
         admin.close()
         _say("prometheus stopped; canary rolled back and limits restored")
 
@@ -175,25 +177,26 @@ def admin_system_prompt(tenant: str) -> str:
 
 
 def _check_panels(
-    prom: LocalPrometheus, variables: dict[str, str], timeout: float
+    prom: PrometheusProcess, variables: dict[str, str], timeout: float
 ) -> list[tuple[observe.Panel, list[bool]]]:
     """Each panel's targets: data or not. One quick pass over all of them (the 1-minute rate
     windows must be read soon after the traffic), then the empty ones again until `timeout`
     (recording rules need an evaluation or two)."""
     panels = observe.load_panels(DASHBOARDS)
     exprs = {p: [observe.substitute(e, variables) for e in p.exprs] for p in panels}
-    now = time.monotonic()
-    ok = {p: [observe.has_data(prom.query_until(e, now)) for e in exprs[p]] for p in panels}
-    deadline = now + timeout
+    has_data = observe.has_data
+    ok = {p: [has_data(prom.query_until(e, has_data, timeout=0)) for e in exprs[p]] for p in panels}
+    deadline = time.monotonic() + timeout
     for panel in panels:
         ok[panel] = [
-            found or observe.has_data(prom.query_until(expr, deadline))
+            found
+            or has_data(prom.query_until(expr, has_data, max(0.0, deadline - time.monotonic())))
             for found, expr in zip(ok[panel], exprs[panel], strict=True)
         ]
     return [(p, ok[p]) for p in panels]
 
 
-def _rules_settled(prom: LocalPrometheus, deadline: float) -> list[dict[str, Any]]:
+def _rules_settled(prom: PrometheusProcess, deadline: float) -> list[dict[str, Any]]:
     """Rules once each has been evaluated (health no longer "unknown"), bounded."""
     while True:
         rules = prom.rules()
@@ -207,29 +210,29 @@ def _rules_settled(prom: LocalPrometheus, deadline: float) -> list[dict[str, Any
 
 def bad_canary_cmd(args: argparse.Namespace) -> int:
     demo = load_demo()
-    admin = Admin(demo)
+    admin = admin_client(demo)
     tenant = "blackbeard"
     alias = demo.models[tenant]
     try:
-        if admin("GET", f"/tenants/{tenant}/models/{alias}")["canary"] is not None:
+        if admin.send(api.get_model(tenant, alias)).canary is not None:
             raise SystemExit(f"{tenant}/{alias} already has a canary: roll it back first")
         system = admin_system_prompt(tenant) + " Answer in JSON with your mood and a reply."
-        prompt = admin(
-            "POST", f"/tenants/{tenant}/prompts/structured/versions",
-            {"system_prompt": system, "params": {"temperature": 0, "max_tokens": 48},
-             "response_schema": LONG_REPLY_SCHEMA},
+        prompt = admin.send(
+            api.register_prompt(
+                tenant, "structured", system,
+                params={"temperature": 0, "max_tokens": 48}, response_schema=LONG_REPLY_SCHEMA,
+            )
         )  # fmt: skip
-        adapter = admin.stable_adapter(tenant, alias)
+        adapter = stable_adapter(admin, tenant, alias)
         thresholds = {"min_requests": args.min_requests, "max_schema_violation_rate_delta": 0.2}
-        release = admin.start_canary(
-            tenant, alias,
-            {"adapter": adapter, "prompt": prompt["ref"], "thresholds": thresholds,
-             "schema_violation": "pass"},
-            args.weight,
+        new = api.create_release(
+            tenant, alias, adapter=adapter, prompt=prompt.ref, thresholds=thresholds,
+            schema_violation="pass",
         )  # fmt: skip
+        release = start_canary(admin, new, args.weight).id
         _say(
             f"bad canary {tenant}/{alias} -> {release} at {args.weight:.0%}: adapter {adapter}, "
-            f"prompt {prompt['ref']} with a response schema (reply minLength 300) it cannot meet "
+            f"prompt {prompt.ref} with a response schema (reply minLength 300) it cannot meet "
             f"in 48 tokens, violations passed through, thresholds {thresholds}"
         )
         results: list[Result] = []
@@ -243,7 +246,7 @@ def bad_canary_cmd(args: argparse.Namespace) -> int:
                 for j in range(args.concurrency)
             ]
             results += run_traffic(demo, batch, args.concurrency)
-            rolled_back = admin("GET", f"/tenants/{tenant}/models/{alias}")["canary"] is None
+            rolled_back = admin.send(api.get_model(tenant, alias)).canary is None
         elapsed = time.monotonic() - started
         by_release = Counter(r.release or f"{r.status} {r.code}" for r in results)
         _say(f"{len(results)} requests in {elapsed:.0f}s: served by {dict(by_release)}")
@@ -252,18 +255,15 @@ def bad_canary_cmd(args: argparse.Namespace) -> int:
                 _say(f"a canary answer (cut off mid-JSON): {r.text[:100]!r}")
                 break
         if not rolled_back:
-            admin(
-                "POST", f"/tenants/{tenant}/models/{alias}/rollback",
-                {"reason": "demo bad-canary: not rolled back in time"},
-            )  # fmt: skip
+            admin.send(api.rollback(tenant, alias, "demo bad-canary: not rolled back in time"))
             _say(f"the guard did not roll back within {args.timeout:.0f}s: rolled back by hand")
             return 1
         entry = next(
-            e for e in admin("GET", f"/audit?tenant={tenant}&count=50")
-            if e["action"] == "auto_rollback" and e["after"].get("canary") is None
+            e for e in admin.send(api.audit(tenant, 50))
+            if e.action == "auto_rollback" and e.after.get("canary") is None
         )  # fmt: skip
         print()
-        print(format_audit(entry))
+        print(format_audit(entry.model_dump()))
         print()
         after = [
             run_traffic(demo, [(tenant, _body(alias, 10_000 + j, stream=False, max_tokens=8))], 1)

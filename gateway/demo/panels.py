@@ -1,4 +1,4 @@
-"""Pure helpers for `loragate demo observe`: dashboard panel queries, Prometheus config, tables,
+"""Pure helpers for `loragate demo observe`: dashboard panel queries, tables,
 one sample read from a /metrics text.
 
 Why here and not in deploy/grafana/queries.py: the `loragate` console script only imports the
@@ -80,24 +80,6 @@ def sample_value(exposition: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return None
-
-
-def prometheus_config(
-    targets: Sequence[str], rule_files: Sequence[str], interval_s: float
-) -> dict[str, Any]:
-    """A scrape config for the gateway (JSON is YAML); scrape and evaluation every `interval_s`."""
-    interval = f"{round(interval_s * 1000)}ms"  # Prometheus durations take no fractions
-    return {
-        "global": {
-            "scrape_interval": interval,
-            "scrape_timeout": f"{round(interval_s * 900)}ms",
-            "evaluation_interval": interval,
-        },
-        "rule_files": list(rule_files),
-        "scrape_configs": [
-            {"job_name": "loragate", "static_configs": [{"targets": list(targets)}]}
-        ],
-    }
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

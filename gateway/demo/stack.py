@@ -24,6 +24,9 @@ from typing import Any
 
 import httpx
 
+from adapters.ports import port_open
+from gateway.admin import client as api
+from gateway.admin.client import AdminClient
 from gateway.demo.common import (
     BASE_MODEL_ID,
     DATASETS,
@@ -32,11 +35,10 @@ from gateway.demo.common import (
     QUESTION,
     ROOT,
     TENANTS,
-    _free_port,
-    _port_open,
     _say,
     _system_prompt,
 )
+from registry.redis_process import RedisNotInstalled, RedisProcess
 
 
 def _loragate(*args: str) -> list[str]:
@@ -83,26 +85,17 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
     raise TimeoutError(f"{url} did not become ready within {timeout:.0f}s")
 
 
-def _start_redis(workdir: Path) -> tuple[int, int]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server is not installed: run `make demo` (it installs it)")
+def _start_redis(workdir: Path) -> RedisProcess:
+    """A fresh registry per demo run: AOF on, flushed every second, never evicting."""
     if workdir.exists():
-        shutil.rmtree(workdir)  # a fresh registry per demo run
-    workdir.mkdir(parents=True)
-    port = _free_port()
-    proc = subprocess.Popen(  # noqa: S603
-        [exe, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir.resolve()),
-         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-         "--maxmemory-policy", "noeviction"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while not _port_open(port):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.05)
-    return proc.pid, port
+        shutil.rmtree(workdir)
+    server = RedisProcess(workdir=workdir, maxmemory_policy="noeviction")
+    try:
+        server.start()
+    except RedisNotInstalled:
+        message = "redis-server is not installed: run `make demo` (it installs it)"
+        raise SystemExit(message) from None
+    return server
 
 
 def up(args: argparse.Namespace) -> int:
@@ -112,7 +105,7 @@ def up(args: argparse.Namespace) -> int:
         _say("a demo seems to be running: stopping it first")
         down(args)
     port = int(os.environ.get("LORAGATE_PORT", "8000"))
-    if _port_open(port):
+    if port_open(port):
         raise SystemExit(f"port {port} is busy: set LORAGATE_PORT to another port")
     n_engines = int(os.environ.get("LORAGATE_DEMO_ENGINES", "1"))
     base, store = build_artifacts()
@@ -120,8 +113,8 @@ def up(args: argparse.Namespace) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     pids: dict[str, Any] = {"engines": []}
     try:
-        redis_pid, redis_port = _start_redis(ROOT / "redis")
-        pids["redis"] = redis_pid
+        redis_server = _start_redis(ROOT / "redis")
+        pids["redis"] = redis_server.pid
         _write_pids(pids)
         engines = []
         for i in range(n_engines):
@@ -139,7 +132,7 @@ def up(args: argparse.Namespace) -> int:
         env = {
             **os.environ,
             "LORAGATE_PORT": str(port),
-            "LORAGATE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "LORAGATE_REDIS_URL": redis_server.url,
             "LORAGATE_ADMIN_TOKEN": admin_token,
             "LORAGATE_KEY_HMAC_SECRET": secrets.token_hex(32),
             "LORAGATE_ENGINES": json.dumps([e.url for e in engines]),
@@ -179,35 +172,22 @@ def up(args: argparse.Namespace) -> int:
 
 
 def seed(url: str, admin_token: str) -> list[dict[str, Any]]:
-    client = httpx.Client(
-        base_url=url + "/admin/v1", headers={"authorization": f"Bearer {admin_token}"}, timeout=120
-    )
-
-    def call(method: str, path: str, body: Any = None) -> Any:
-        response = client.request(method, path, json=body)
-        if response.status_code >= 400:
-            raise RuntimeError(f"seeding failed: {method} {path}: {response.text}")
-        return response.json() if response.content else None
-
     out = []
-    with client:
+    with AdminClient(url, admin_token) as admin:
         for t in TENANTS:
-            call("POST", "/tenants", {"id": t.id, "display_name": t.display_name})
-            key = call("POST", f"/tenants/{t.id}/keys")
-            adapter = call(
-                "POST", f"/tenants/{t.id}/adapters/{t.adapter}/versions",
-                {"path": f"{t.id}/{t.adapter}-v1", "metadata": {"dataset": t.dataset}},
+            admin.send(api.create_tenant(t.id, display_name=t.display_name))
+            key = admin.send(api.issue_key(t.id))
+            path, metadata = f"{t.id}/{t.adapter}-v1", {"dataset": t.dataset}
+            adapter = admin.send(api.register_adapter(t.id, t.adapter, path, metadata=metadata))
+            prompt = admin.send(
+                api.register_prompt(
+                    t.id, t.adapter, _system_prompt(DATASETS / t.dataset),
+                    params={"temperature": 0, "max_tokens": 64},
+                )
             )  # fmt: skip
-            prompt = call(
-                "POST", f"/tenants/{t.id}/prompts/{t.adapter}/versions",
-                {"system_prompt": _system_prompt(DATASETS / t.dataset),
-                 "params": {"temperature": 0, "max_tokens": 64}},
-            )  # fmt: skip
-            call(
-                "POST", f"/tenants/{t.id}/models/{t.alias}/releases",
-                {"adapter": adapter["ref"], "prompt": prompt["ref"]},
-            )  # fmt: skip
-            out.append({"id": t.id, "api_key": key["api_key"], "models": [t.alias]})
+            release = api.create_release(t.id, t.alias, adapter=adapter.ref, prompt=prompt.ref)
+            admin.send(release)
+            out.append({"id": t.id, "api_key": key.api_key, "models": [t.alias]})
     return out
 
 

@@ -14,7 +14,20 @@ import aiohttp
 import orjson
 from aiohttp.payload import BytesPayload
 
+from gateway.engines.pool import EnginePool
+
 _JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """What an engine call needs and nothing more: the pool it leases a replica from, the HTTP
+    session, and the timeouts (connect; between two reads of the answer)."""
+
+    pool: EnginePool
+    session: aiohttp.ClientSession
+    connect_timeout: float
+    read_timeout: float
 
 
 class UpstreamFailed(Exception):

@@ -27,36 +27,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from gateway.errors import CODES
+from registry.models import Arm
+
 UNKNOWN = "unknown"
 
-Arm = Literal["stable", "canary"]
 Status = Literal["ok", "client_error", "server_error", "cancelled"]
 AdapterLoadResult = Literal["ok", "error"]
 
-ARMS: frozenset[str] = frozenset({"stable", "canary"})
+ARMS: frozenset[str] = frozenset(get_args(Arm))
 STATUSES: frozenset[str] = frozenset({"ok", "client_error", "server_error", "cancelled"})
 ADAPTER_LOAD_RESULTS: frozenset[str] = frozenset({"ok", "error"})
 
-# The contract's error codes (the README's table plus the gateway's own). The app may pass its own
-# table; anything outside the set is counted as "unknown".
-# fmt: off
-DEFAULT_ERROR_CODES: frozenset[str] = frozenset({
-    "invalid_api_key", "invalid_admin_token", "model_not_found", "not_found", "invalid_request",
-    "forbidden_parameter", "max_tokens_exceeds_limit", "payload_too_large", "rate_limited",
-    "concurrency_limited", "queue_limited", "budget_exceeded", "engine_unavailable",
-    "auth_backend_unavailable", "overloaded", "registry_unavailable", "engine_error",
-    "adapter_load_failed", "schema_violation", "revision_conflict", "already_exists",
-    "invalid_name", "invalid_rollout",
-    "eval_failed", "artifact_outside_store", "unsafe_artifact_format", "artifact_invalid",
-    "adapter_incompatible", "digest_mismatch", "validation_error", "method_not_allowed",
-    "internal_error",
-})
+# The `code` label takes the error table's codes (gateway/errors.py); anything else is "unknown".
+ERROR_CODES: frozenset[str] = frozenset(CODES)
 
+# fmt: off
 # End-to-end latency and TTFT of a small LLM: 5 ms .. 120 s.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
@@ -189,7 +180,7 @@ class GatewayMetrics:
         *,
         currency: str = "USD",
         engines: Sequence[str] = (),
-        error_codes: Iterable[str] = DEFAULT_ERROR_CODES,
+        error_codes: Iterable[str] = ERROR_CODES,
     ) -> None:
         self.registry = registry
         self._universe = LabelUniverse()

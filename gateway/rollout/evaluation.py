@@ -1,9 +1,12 @@
 """Eval-gated promotion: a release's evaluation set, run against that release before it serves all.
 
-Why it runs directly against the engine pool with the release's own rendering (system prompt,
-params, adapter, response schema) and not through the tenant API: the gateway must be able to
-evaluate a canary at weight 0 without a tenant key, and routing must not decide which arm answers.
-Cases run one at a time at temperature 0, so the verdict is reproducible.
+Why it does not go through the tenant API: the gateway must be able to evaluate a canary at weight
+0 without a tenant key, and routing must not decide which arm answers. It does go through the
+tenant path's own parts: the release is rendered by `gateway.serving.chat.render_release` and sent
+by `gateway.serving.relay.open_engine` / `read_answer`, so the gate sees what tenants are served
+(system prompt, params, adapter or base adapter, response schema, retries, scrubbed errors) and
+cannot drift from it. It is not metered as tenant traffic. Cases run one at a time at
+temperature 0, so the verdict is reproducible.
 
 An evaluation set (the release's `eval`):
 
@@ -26,19 +29,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.errors import AdapterError
-from gateway.engines.upstream import UpstreamError, UpstreamFailed, open_chat
 from gateway.errors import ApiError
+from gateway.serving.call import Call, new_request_id
+from gateway.serving.chat import render_release
 from gateway.serving.output_checks import conforms
+from gateway.serving.relay import open_engine, read_answer
 from gateway.serving.render import Limits, Rendering, parse_chat_request, render_engine_body
 from gateway.state import AppState
 from registry.errors import RegistryError
-from registry.models import Alias, Release
-from registry.secrets import cache_salt
+from registry.models import AdapterVersion, Alias, Release
 
 DEFAULT_MAX_TOKENS = 64
 log = logging.getLogger("loragate.evaluation")
@@ -172,55 +175,39 @@ class EvalRejected(ApiError):
         return body
 
 
-def _rendering(state: AppState, release: Release) -> tuple[Rendering, Any]:
-    """The engine request a release makes (as the chat pipeline renders it), and its adapter."""
-    adapter, prompt = state.watcher.state.release_parts(release)
+def _rendering(state: AppState, release: Release) -> tuple[Rendering, AdapterVersion | None]:
+    """The engine request the release makes for its tenants, and the adapter it is served by."""
+    snapshot = state.watcher.state
+    adapter, _ = snapshot.release_parts(release)
     if release.adapter is not None and adapter is None:
         raise ApiError("not_found", f"Adapter of release {release.id!r} is not in the snapshot.")
-    defaults: dict[str, Any] = {}
-    if prompt is not None:
-        defaults.update(prompt.params)
-    defaults.update(release.params)
-    tenant = state.watcher.state.tenants.get(release.tenant)
-    rendering = Rendering(
-        engine_model=adapter.engine_name if adapter else state.settings.base_model,
-        system_prompt=prompt.system_prompt if prompt is not None else None,
-        defaults=defaults,
-        response_schema=prompt.response_schema if prompt is not None else None,
-        cache_salt=cache_salt(state.hmac_secret, release.tenant),
-        max_tokens_cap=tenant.limits.max_tokens if tenant is not None else None,
-    )
-    return rendering, adapter
+    tenant = snapshot.tenants.get(release.tenant)
+    if tenant is None:
+        raise ApiError("not_found", f"Tenant of release {release.id!r} is not in the snapshot.")
+    return render_release(state, snapshot, tenant, release)
 
 
-async def _answer(state: AppState, rendering: Rendering, adapter: Any, case: Case) -> str | None:
-    body = {"model": "eval", "messages": list(case.messages), "max_tokens": case.max_tokens}
+async def _answer(
+    state: AppState,
+    release: Release,
+    rendering: Rendering,
+    adapter: AdapterVersion | None,
+    case: Case,
+) -> str | None:
+    """The release's answer to one case, through the tenant path's engine call (retries on
+    another replica, a restarted engine's adapter loaded again, engine messages scrubbed)."""
+    body = {"model": release.alias, "messages": list(case.messages), "max_tokens": case.max_tokens}
     limits = Limits(max_messages=state.settings.max_messages, max_n=1, max_tokens_cap=None)
-    chat = parse_chat_request(body, limits)
-    engine_body = render_engine_body(chat, rendering)
+    engine_body = render_engine_body(parse_chat_request(body, limits), rendering)
     engine_body["temperature"] = 0
-    lease = await state.pool.acquire(adapter)
+    call = Call(request_id=new_request_id(), started=time.perf_counter(), alias=release.alias)
+    call.release, call.adapter = release, adapter
     try:
-        engine_body["model"] = lease.engine_model
-        try:
-            response = await open_chat(
-                state.session,
-                lease.replica.url,
-                engine_body,
-                connect_timeout=state.settings.engine_connect_timeout_s,
-                read_timeout=state.settings.engine_read_timeout_s,
-            )
-        except (UpstreamFailed, UpstreamError):
-            return None
-        try:
-            data = orjson.loads(await response.read())
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-            response.close()
-            return None
-        response.release()
-    finally:
-        state.pool.release(lease)
-    choices = data.get("choices") or []
+        lease, response = await open_engine(state.upstream, call, engine_body)
+        data = orjson.loads(await read_answer(state.upstream.pool, lease, response))
+    except (ApiError, orjson.JSONDecodeError):
+        return None
+    choices = data.get("choices") if isinstance(data, dict) else None
     if not choices or not isinstance(choices[0], dict):
         return None
     return str((choices[0].get("message") or {}).get("content") or "")
@@ -238,7 +225,7 @@ async def run_release_eval(state: AppState, release: Release) -> EvalReport | No
     results = []
     for i, case in enumerate(eval_set.cases):
         started = time.perf_counter()
-        output = await _answer(state, rendering, adapter, case)
+        output = await _answer(state, release, rendering, adapter, case)
         latency_ms = (time.perf_counter() - started) * 1000
         results.append(check_case(i, case, output, latency_ms))
     return EvalReport(release.id, eval_set.min_pass_rate, tuple(results))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from gateway.engines.fairqueue import Flow
 from gateway.errors import status_of
 from gateway.limits.limiter import Reservation
+from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.requestlog import CANCELLED_STATUS, emit, request_record
 from gateway.serving.output_checks import Verdict
 from gateway.state import AppState
@@ -56,12 +57,12 @@ def new_request_id() -> str:
     return "req-" + os.urandom(12).hex()
 
 
-def record_guard(state: AppState, call: Call, verdict: Verdict) -> None:
+def record_guard(metrics: GatewayMetrics, call: Call, verdict: Verdict) -> None:
     call.verdict = verdict
     if verdict.refusal:
-        state.metrics.count_refusal(call.tenant_id, call.alias, call.release_id, call.arm)
+        metrics.count_refusal(call.tenant_id, call.alias, call.release_id, call.arm)
     if verdict.schema_violation:
-        state.metrics.count_schema_violation(call.tenant_id, call.alias, call.release_id, call.arm)
+        metrics.count_schema_violation(call.tenant_id, call.alias, call.release_id, call.arm)
 
 
 def finish(state: AppState, call: Call, code: str) -> None:

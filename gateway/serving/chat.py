@@ -37,11 +37,19 @@ from gateway.serving.sse import error_event
 from gateway.state import AppState
 from registry.canary import select_arm
 from registry.errors import RegistryUnavailable
-from registry.models import PRIORITY_CLASSES, ApiKey, Arm, PriorityClass, Tenant
+from registry.models import (
+    PRIORITY_CLASSES,
+    AdapterVersion,
+    ApiKey,
+    Arm,
+    PriorityClass,
+    Release,
+    Tenant,
+)
 from registry.secrets import cache_salt, hash_key
 from registry.state import RegistryState
 
-__all__ = ["Call", "authenticate", "handle_chat", "new_request_id", "resolve"]
+__all__ = ["Call", "authenticate", "handle_chat", "new_request_id", "render_release", "resolve"]
 log = logging.getLogger("loragate.chat")
 
 
@@ -97,24 +105,42 @@ def resolve(state: AppState, snapshot: RegistryState, call: Call, chat: ChatRequ
     release = snapshot.release(call.tenant.id, release_id)
     if release is None:
         raise model_not_found(chat.alias)
+    rendering, adapter = render_release(
+        state, snapshot, call.tenant, release, base_model_only=alias.flags.kill_switch
+    )
+    call.arm, call.release, call.adapter = arm, release, adapter
+    return rendering
+
+
+def render_release(
+    state: AppState,
+    snapshot: RegistryState,
+    tenant: Tenant,
+    release: Release,
+    *,
+    base_model_only: bool = False,
+) -> tuple[Rendering, AdapterVersion | None]:
+    """What a release contributes to an engine request, and the adapter it is served through.
+    The tenant path and the evaluation gate both render here, so a release is evaluated as it
+    is served. `base_model_only`: the kill switch (base model with the release's prompt)."""
     adapter, prompt = snapshot.release_parts(release)
-    if alias.flags.kill_switch:
-        adapter = None  # base model with the stable prompt
+    if base_model_only:
+        adapter = None
     if adapter is None:
         adapter = state.base_adapter  # the zero LoRA, when configured (see adapters/nulladapter)
-    call.arm, call.release, call.adapter = arm, release, adapter
     defaults: dict[str, Any] = {}
     if prompt is not None:
         defaults.update(prompt.params)
     defaults.update(release.params)
-    return Rendering(
+    rendering = Rendering(
         engine_model=adapter.engine_name if adapter else state.settings.base_model,
         system_prompt=prompt.system_prompt if prompt is not None else None,
         defaults=defaults,
         response_schema=prompt.response_schema if prompt is not None else None,
-        cache_salt=cache_salt(state.hmac_secret, call.tenant.id),
-        max_tokens_cap=call.tenant.limits.max_tokens or state.settings.default_max_tokens_cap,
+        cache_salt=cache_salt(state.hmac_secret, tenant.id),
+        max_tokens_cap=tenant.limits.max_tokens or state.settings.default_max_tokens_cap,
     )
+    return rendering, adapter
 
 
 async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Send) -> None:
@@ -158,10 +184,8 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
         )
         call.headers.update(call.reservation.headers)
         watch = Disconnect(receive)
-        if chat.stream:
-            await relay.stream(state, send, call, chat, engine_body, guard, watch)
-        else:
-            await relay.complete(state, send, call, chat, engine_body, guard, watch)
+        exchange = relay.Exchange(state, send, call, chat, engine_body, guard, watch)
+        await (relay.stream if chat.stream else relay.complete)(exchange)
     except asyncio.CancelledError:
         finish(state, call, "cancelled")
         if watch is None or not watch.gone:

@@ -1,7 +1,12 @@
 """Engine side of a chat request: lease a replica, open the request, relay the answer.
 
-    lease, response = await open_engine(state, call, engine_body)   # retries before any byte
-    await complete(state, send, call, chat, engine_body, guard, watch)   # or stream(...)
+    lease, response = await open_engine(state.upstream, call, engine_body)  # retries before a byte
+    raw = await read_answer(state.upstream.pool, lease, response)           # a whole answer
+    await complete(Exchange(state, send, call, chat, engine_body, guard, watch))  # or stream(...)
+
+`open_engine` and `read_answer` are the one way a release's request reaches an engine: the tenant
+path and the evaluation gate (gateway/rollout/evaluation.py) both go through them, so a release is
+evaluated with the retries and the scrubbed errors its tenants get.
 
 Both relays run in the request's own task: a client that disconnects cancels it (see
 `gateway.serving.asgi.Disconnect`), which closes the engine connection, and vLLM aborts the request.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -18,9 +24,10 @@ import orjson
 from starlette.types import Send
 
 from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
-from gateway.engines.pool import SYSTEM_FLOW, Lease
-from gateway.engines.upstream import UpstreamError, UpstreamFailed, open_chat
+from gateway.engines.pool import SYSTEM_FLOW, EnginePool, Lease
+from gateway.engines.upstream import Upstream, UpstreamError, UpstreamFailed, open_chat
 from gateway.errors import ApiError
+from gateway.observability.metrics import GatewayMetrics
 from gateway.serving.asgi import SSE, Disconnect, raw_headers, send_body, send_error
 from gateway.serving.call import Call, finish, record_guard
 from gateway.serving.output_checks import OutputGuard
@@ -32,12 +39,24 @@ log = logging.getLogger("loragate.chat")
 MAX_ATTEMPTS = 2
 
 
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One tenant request between the gateway and an engine: what `complete` and `stream` need."""
+
+    state: AppState
+    send: Send
+    call: Call
+    chat: ChatRequest
+    engine_body: dict[str, Any]
+    guard: OutputGuard
+    watch: Disconnect
+
+
 async def open_engine(
-    state: AppState, call: Call, engine_body: dict[str, Any]
+    upstream: Upstream, call: Call, engine_body: dict[str, Any]
 ) -> tuple[Lease, aiohttp.ClientResponse]:
     """Lease a replica and open the engine request, retrying elsewhere before any byte is sent."""
-    pool = state.pool
-    settings = state.settings
+    pool = upstream.pool
     exclude: frozenset[str] = frozenset()
     flow = call.flow if call.flow is not None else SYSTEM_FLOW
     for attempt in range(MAX_ATTEMPTS):
@@ -54,11 +73,11 @@ async def open_engine(
         call.overhead += time.perf_counter() - call.started
         try:
             response = await open_chat(
-                state.session,
+                upstream.session,
                 lease.replica.url,
                 engine_body,
-                connect_timeout=settings.engine_connect_timeout_s,
-                read_timeout=settings.engine_read_timeout_s,
+                connect_timeout=upstream.connect_timeout,
+                read_timeout=upstream.read_timeout,
             )
         except UpstreamFailed:
             pool.release(lease)
@@ -90,16 +109,8 @@ def _scrub(message: str, engine_model: str, call: Call) -> str:
     return message.replace(engine_model, call.alias)[:500]
 
 
-async def complete(
-    state: AppState,
-    send: Send,
-    call: Call,
-    chat: ChatRequest,
-    engine_body: dict[str, Any],
-    guard: OutputGuard,
-    watch: Disconnect,
-) -> None:
-    lease, response = await open_engine(state, call, engine_body)
+async def read_answer(pool: EnginePool, lease: Lease, response: aiohttp.ClientResponse) -> bytes:
+    """The whole (non-streamed) answer; the lease is returned whatever happens."""
     try:
         raw = await response.read()
         response.release()
@@ -109,7 +120,14 @@ async def complete(
             raise ApiError("engine_unavailable", "The engine failed during the request.") from None
         raise
     finally:
-        state.pool.release(lease)
+        pool.release(lease)
+    return raw
+
+
+async def complete(x: Exchange) -> None:
+    state, send, call, chat, guard, watch = x.state, x.send, x.call, x.chat, x.guard, x.watch
+    lease, response = await open_engine(state.upstream, call, x.engine_body)
+    raw = await read_answer(state.upstream.pool, lease, response)
     t_post = time.perf_counter()
     data = orjson.loads(raw)
     data["model"] = chat.alias
@@ -122,7 +140,7 @@ async def complete(
         if choices and isinstance(choices[0], dict):
             text = str((choices[0].get("message") or {}).get("content") or "")
         verdict = guard.check(text)
-        record_guard(state, call, verdict)
+        record_guard(state.metrics, call, verdict)
         if verdict.schema_violation and guard.reject:
             watch.stop()
             finish(state, call, "schema_violation")
@@ -138,26 +156,19 @@ async def complete(
     await send_body(send, 200, payload, call.headers)
 
 
-async def stream(
-    state: AppState,
-    send: Send,
-    call: Call,
-    chat: ChatRequest,
-    engine_body: dict[str, Any],
-    guard: OutputGuard,
-    watch: Disconnect,
-) -> None:
+async def stream(x: Exchange) -> None:
     # The watcher is already running: a client that leaves while the engine queues or prefills
     # cancels this task, and the engine request with it.
-    lease, response = await open_engine(state, call, engine_body)
+    state, send, call = x.state, x.send, x.call
+    lease, response = await open_engine(state.upstream, call, x.engine_body)
     clean = False
     try:
         headers = raw_headers(call.headers, SSE)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         call.responded = True
-        status, tail = await _relay(state, send, call, chat, response, guard)
+        status, tail = await _relay(state.metrics, send, call, x.chat, response, x.guard)
         clean = status == "ok"
-        watch.stop()
+        x.watch.stop()
         finish(state, call, status)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     finally:
@@ -169,7 +180,7 @@ async def stream(
 
 
 async def _relay(
-    state: AppState,
+    metrics: GatewayMetrics,
     send: Send,
     call: Call,
     chat: ChatRequest,
@@ -226,7 +237,7 @@ async def _relay(
             call.overhead += now - t
             if first_at is None:
                 first_at = now
-                state.metrics.observe_ttft(
+                metrics.observe_ttft(
                     call.tenant_id, call.alias, call.release_id, call.arm, now - call.started
                 )
             else:
@@ -241,7 +252,7 @@ async def _relay(
                 "engine_error", "The engine stream ended unexpectedly."
             )
         verdict = guard.check("".join(text))
-        record_guard(state, call, verdict)
+        record_guard(metrics, call, verdict)
         if verdict.schema_violation and guard.reject:
             return "schema_violation", error_event(
                 "schema_violation", "The model output did not match the schema."
@@ -251,4 +262,4 @@ async def _relay(
         return "engine_error", error_event("engine_error", "The engine failed mid-stream.")
     finally:
         if gaps:
-            state.metrics.observe_itl(call.tenant_id, call.alias, call.release_id, call.arm, gaps)
+            metrics.observe_itl(call.tenant_id, call.alias, call.release_id, call.arm, gaps)

@@ -11,8 +11,9 @@ import aiohttp
 import pytest
 
 from adapters.engine_client import check_health, list_adapters, load_adapter, unload_adapter
-from adapters.engine_process import EngineProcess, free_port
+from adapters.engine_process import EngineProcess
 from adapters.errors import EngineLoadFailed, EngineUnavailable
+from adapters.ports import free_port
 from tests.fixtures.engine import EngineFactory
 from tests.fixtures.models import TinyModels, write_synthetic_adapter
 

@@ -13,9 +13,9 @@ from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from adapters.engine_process import EngineProcess
+from adapters.ports import free_port
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess, SeededTenant
 from tests.fixtures.models import TinyModels
-from tests.fixtures.redis import free_port
 
 pytestmark = pytest.mark.engine
 

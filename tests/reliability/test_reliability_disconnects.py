@@ -1,4 +1,4 @@
-"""R6 (issue 8): 200 clients disconnect at random points: before the first token, mid-stream, and
+"""R6: 200 clients disconnect at random points: before the first token, mid-stream, and
 during a non-streaming request. Every engine request must be aborted, every slot (pool replica,
 adapter users, tenant limiter, in-flight gauges) must return to idle, and no asyncio task may be
 left behind.
@@ -33,11 +33,11 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters.ports import free_port
 from gateway.state import AppState
 from tests.fixtures.fake_engine import FakeEngine, Step
 from tests.fixtures.gateway import SeededTenant
 from tests.fixtures.inprocess import InProcessFactory, InProcessGateway
-from tests.fixtures.redis import free_port
 
 CLIENTS = 200
 CONCURRENCY = 50

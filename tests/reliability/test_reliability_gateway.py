@@ -1,4 +1,4 @@
-"""Reliability scenarios about the gateway itself (issue 8, rows R1, R5, R7, R9), against the real
+"""Reliability scenarios about the gateway itself (rows R1, R5, R7, R9), against the real
 gateway subprocess, real Redis and the scripted fake engine (the faults here are the gateway's to
 handle; the engine only has to answer fast and fail on cue). Each test prints one `FIGURE R<n>:`
 line for the README's reliability table; the full-length variants are `@slow` (`make test-long`).

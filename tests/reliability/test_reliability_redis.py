@@ -1,4 +1,4 @@
-"""Reliability scenarios about Redis (issue 8, rows R2, R3, R8): killed, frozen (SIGSTOP) and
+"""Reliability scenarios about Redis (rows R2, R3, R8): killed, frozen (SIGSTOP) and
 killed right after acknowledged writes with AOF `appendfsync always`. Real gateway subprocess on a
 private redis-server, scripted fake engine (the fault is Redis', not the engine's). Each test prints
 one `FIGURE R<n>:` line; the 30 s variants are `@slow` (`make test-long`)."""
@@ -89,9 +89,8 @@ def test_r2_redis_killed_under_traffic_then_restarted(
     assert _probe(gw, t.api_key)[0] == 200
 
 
-# Found by this test and fixed: unknown keys used to get 401 while the watcher had not yet noticed
-# the freeze; the gateway now asks Redis about any key its snapshot does not know (under a hard
-# timeout), so a frozen Redis answers 503, never 401.
+# The gateway asks Redis about any key its snapshot does not know (under a hard timeout), so while
+# Redis is frozen and the watcher has not noticed yet, an unknown key gets 503, never 401.
 @pytest.mark.parametrize("seconds", [4.0, pytest.param(30.0, marks=pytest.mark.slow)])
 def test_r3_redis_frozen_no_request_hangs(
     gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory, redis_private: RedisServer,

@@ -1,4 +1,4 @@
-"""R10 (issue 8): a soak with 5% client disconnects and 1% engine faults. The gateway must not grow:
+"""R10: a soak with 5% client disconnects and 1% engine faults. The gateway must not grow:
 RSS under 10% above its level after warm-up, and file descriptors and Redis connections flat.
 
 The gateway is the real subprocess (`loragate serve`) so its memory and descriptors are its own:
@@ -12,7 +12,7 @@ requests instead go out on a raw socket that is closed (FIN) or reset (RST) at a
 Measurements are taken at idle checkpoints (traffic paused, every client connection closed, the
 in-flight gauges at 0), after warm-up and at the end, so both are the same state of the process.
 Tolerances, and why:
-- RSS: < 10% growth (issue 8); measured after warm-up, so first-use allocations are excluded.
+- RSS: < 10% growth; measured after warm-up, so first-use allocations are excluded.
 - fds that are not established TCP connections (log, epoll, pipes, listening socket): equal.
 - Engine connections: aiohttp keeps idle keep-alive connections for 30 s, at most one per request
   that was in flight at once, so at idle they are bounded by the peak concurrency (+2 for the

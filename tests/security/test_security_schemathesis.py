@@ -33,7 +33,7 @@ import schemathesis
 from schemathesis.core.failures import FailureGroup
 
 from adapters.tinymodel import TINY_SERVED_NAME
-from gateway.admin.routes import PromptVersionCreate, ReleaseCreate, TenantCreate, unstorable
+from gateway.admin.schemas import PromptVersionCreate, ReleaseCreate, TenantCreate, unstorable
 from gateway.errors import ApiError
 from gateway.serving.render import Limits, parse_chat_request
 from registry.models import Budget, Thresholds
@@ -329,7 +329,7 @@ def test_sse_events_are_validated(s2_gateway: GatewayProcess, s2_tenant: SeededT
     ],
 )
 def test_unhashable_values_are_400_not_500(body: dict[str, Any]) -> None:
-    """Found by S2: `{"type": {}}` and `{"role": {}}` were looked up in a set -> TypeError -> 500."""
+    """`{"type": {}}` and `{"role": {}}` are unhashable: a set lookup of them must not raise."""
     with pytest.raises(ApiError) as raised:
         parse_chat_request(body, Limits())
     assert raised.value.status == 400
@@ -349,9 +349,9 @@ def test_unhashable_values_are_400_not_500(body: dict[str, Any]) -> None:
     ],
 )
 def test_unstorable_admin_bodies_are_refused(model: Any, body: dict[str, Any]) -> None:
-    """Found by S2: a 65+-bit integer or a lone surrogate (both accepted by the stdlib JSON parser
-    FastAPI uses) made orjson fail in the registry write -> 500; NaN/inf were stored as null and
-    the record could no longer be read back."""
+    """A 65+-bit integer or a lone surrogate (both accepted by the stdlib JSON parser FastAPI
+    uses) cannot be encoded by orjson in the registry write; NaN/inf would be stored as null and
+    the record could not be read back. All are refused before anything is written."""
     with pytest.raises(ValueError, match=r"must|valid string|finite"):
         model.model_validate(body)
 
@@ -363,7 +363,7 @@ def test_storable_values_pass() -> None:
 @pytest.mark.timeout(120)
 async def test_unstorable_bodies_over_http(inprocess_gateway: Any) -> None:
     """422 with the envelope, nothing written, the snapshot still loads; an unknown admin field
-    whose name is a lone surrogate is a 422 too (the envelope echoes it escaped; was a 500)."""
+    whose name is a lone surrogate is a 422 too (the envelope echoes it escaped)."""
     gw = await inprocess_gateway()
     await gw.admin("POST", "/tenants", {"id": "acme"}, expect=201)
     bad_release = b'{"adapter": null, "prompt": null, "thresholds": {"max_p95_ratio": 1e400}}'

@@ -10,6 +10,7 @@ import pytest
 
 from deploy.grafana.queries import iter_panel_queries, substitute_variables
 from gateway.demo import panels as observe
+from gateway.observability.prometheus_process import prometheus_config
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
 
@@ -44,7 +45,7 @@ def test_has_data_needs_a_number() -> None:
 
 
 def test_config_durations_are_whole_milliseconds() -> None:
-    config = observe.prometheus_config(["127.0.0.1:8000"], ["rules.yml"], 2.0)
+    config = prometheus_config(["127.0.0.1:8000"], ["rules.yml"], 2.0)
     assert config["global"] == {
         "scrape_interval": "2000ms", "scrape_timeout": "1800ms", "evaluation_interval": "2000ms"
     }  # fmt: skip
