@@ -42,6 +42,32 @@ REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 HARMLESS_FILES = frozenset({"README.md", "loragate_manifest.json"})
 ALLOWED_FILES = frozenset(REQUIRED_FILES) | HARMLESS_FILES
 UNSAFE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle"})
+# What PEFT, TRL, Axolotl and Unsloth save beside the adapter that the engine never needs: left out
+# of a pushed artifact and reported as skipped, never opened (a few are pickles: never loaded).
+TRAINER_FILES = frozenset(
+    {
+        "README.md",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "chat_template.jinja",
+        "chat_template.json",
+        "generation_config.json",
+        "training_args.bin",
+        "trainer_state.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "scaler.pt",
+    }
+)
+# Most severe first: one error names every refused file and carries the worst code.
+_SEVERITY = ("invalid_name", "artifact_outside_store", "unsafe_artifact_format", "artifact_invalid")
 MAX_RELPATH_CHARS = 255
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -106,30 +132,74 @@ def _resolve_inside(store_root: Path, parts: tuple[str, ...]) -> Path:
     return current
 
 
-def check_listing(directory: Path) -> dict[str, int]:
-    """Refuse by name and type only (nothing is opened); return {filename: size}."""
-    sizes: dict[str, int] = {}
-    entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    for entry in entries:
-        if entry.is_symlink():
-            raise ArtifactError(
-                f"artifact contains a symlink: {entry.name}", code="artifact_outside_store"
-            )
-    for entry in entries:
-        suffix = os.path.splitext(entry.name)[1].lower()
-        if suffix in UNSAFE_SUFFIXES:
-            raise ArtifactError(
-                f"pickle-capable file refused: {entry.name}", code="unsafe_artifact_format"
-            )
-        if entry.name not in ALLOWED_FILES or not entry.is_file(follow_symlinks=False):
-            raise ArtifactError(
-                f"unexpected file in artifact: {entry.name}", code="unsafe_artifact_format"
-            )
-        sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
-    missing = [f for f in REQUIRED_FILES if f not in sizes]
-    if missing:
-        raise ArtifactError(f"artifact lacks {', '.join(missing)}", code="artifact_invalid")
-    return sizes
+@dataclass(frozen=True)
+class Listing:
+    kept: dict[str, int]  # filename -> size
+    skipped: tuple[str, ...]
+    refused: tuple[tuple[str, str, str], ...]  # (filename, code, why)
+
+
+def classify_name(name: str, *, is_file: bool, is_link: bool, skip_trainer_files: bool) -> str:
+    """Pure: `keep`, `skip`, or the refusal code for one directory entry (by name and type)."""
+    if is_link:
+        return "artifact_outside_store"
+    if skip_trainer_files and name in TRAINER_FILES and is_file:
+        return "skip"
+    if os.path.splitext(name)[1].lower() in UNSAFE_SUFFIXES:
+        return "unsafe_artifact_format"
+    if name not in ALLOWED_FILES or not is_file:
+        return "unsafe_artifact_format"
+    return "keep"
+
+
+_WHY = {
+    "artifact_outside_store": "symlink",
+    "unsafe_artifact_format": "not an adapter file",
+    "invalid_name": "bad name",
+}
+
+
+def refusal(refused: Sequence[tuple[str, str, str]]) -> ArtifactError:
+    """One error naming every refused file, with the most severe code among them."""
+    codes = {code for _, code, _ in refused}
+    code = next(c for c in _SEVERITY if c in codes)
+    listed = ", ".join(f"{name} ({why})" for name, _, why in refused)
+    return ArtifactError(f"refused files: {listed}", code=code)
+
+
+def list_artifact(directory: Path, *, skip_trainer_files: bool = False) -> Listing:
+    """Sort every entry into kept, skipped (trainer leftovers) or refused; nothing is opened."""
+    kept: dict[str, int] = {}
+    skipped: list[str] = []
+    refused: list[tuple[str, str, str]] = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        link = entry.is_symlink()
+        verdict = classify_name(
+            entry.name,
+            is_file=not link and entry.is_file(follow_symlinks=False),
+            is_link=link,
+            skip_trainer_files=skip_trainer_files,
+        )
+        if verdict == "keep":
+            kept[entry.name] = entry.stat(follow_symlinks=False).st_size
+        elif verdict == "skip":
+            skipped.append(entry.name)
+        else:
+            pickle = os.path.splitext(entry.name)[1].lower() in UNSAFE_SUFFIXES
+            why = "pickle-capable" if pickle and not link else _WHY[verdict]
+            refused.append((entry.name, verdict, why))
+    for name in REQUIRED_FILES:
+        if name not in kept and not any(r[0] == name for r in refused):
+            refused.append((name, "artifact_invalid", "missing"))
+    return Listing(kept, tuple(skipped), tuple(refused))
+
+
+def check_listing(directory: Path, *, skip_trainer_files: bool = False) -> dict[str, int]:
+    """Refuse by name and type only (nothing is opened); return {filename: size} of kept files."""
+    listing = list_artifact(directory, skip_trainer_files=skip_trainer_files)
+    if listing.refused:
+        raise refusal(listing.refused)
+    return listing.kept
 
 
 def _open_nofollow(path: Path) -> int:
@@ -296,10 +366,37 @@ def validate_artifact(
     max_rank: int,
     supported_modules: Sequence[str],
     max_bytes: int,
+    base_model_aliases: Sequence[str] = (),
 ) -> ArtifactInfo:
     parts = check_relpath(relpath)
     directory = _resolve_inside(store_root, parts)
-    sizes = check_listing(directory)
+    return check_directory(
+        directory,
+        "/".join(parts),
+        check_listing(directory),
+        base_model=base_model,
+        max_rank=max_rank,
+        supported_modules=supported_modules,
+        max_bytes=max_bytes,
+        base_model_aliases=base_model_aliases,
+    )
+
+
+def check_directory(
+    directory: Path,
+    relpath: str,
+    sizes: dict[str, int],
+    *,
+    base_model: str,
+    max_rank: int,
+    supported_modules: Sequence[str],
+    max_bytes: int,
+    base_model_aliases: Sequence[str] = (),
+) -> ArtifactInfo:
+    """Check the kept files of a listed directory (`sizes`) and digest them.
+
+    `base_model_aliases`: other names of the served base model (the hub id trainers record in
+    `base_model_name_or_path`, e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`)."""
     total = sum(sizes.values())
     if total > max_bytes:
         raise ArtifactError(
@@ -307,26 +404,13 @@ def validate_artifact(
         )
     config = parse_config(read_config(directory / CONFIG_FILE))
     modules = check_tensors(config, read_tensors(directory / WEIGHTS_FILE))
-    if config.base_model != base_model:
-        raise ArtifactError(
-            f"adapter was trained for {config.base_model!r}, engines serve {base_model!r}",
-            code="adapter_incompatible",
-        )
-    if config.rank > max_rank:
-        raise ArtifactError(
-            f"adapter rank {config.rank} is above the engine maximum {max_rank}",
-            code="adapter_incompatible",
-        )
-    declared = set(config.target_modules or ())
-    unsupported = sorted((set(modules) | declared) - set(supported_modules))
-    if unsupported:
-        raise ArtifactError(
-            f"target modules not supported by the engine: {', '.join(unsupported)}",
-            code="adapter_incompatible",
-        )
+    for problem in compatibility(
+        config, modules, base_model, max_rank, supported_modules, base_model_aliases
+    ):
+        raise ArtifactError(problem, code="adapter_incompatible")
     return ArtifactInfo(
         path=directory,
-        relpath="/".join(parts),
+        relpath=relpath,
         digest=compute_digest(directory),
         base_model=config.base_model,
         rank=config.rank,
@@ -334,3 +418,25 @@ def validate_artifact(
         target_modules=modules,
         size_bytes=total,
     )
+
+
+def compatibility(
+    config: _LoraConfig,
+    modules: Sequence[str],
+    base_model: str,
+    max_rank: int,
+    supported_modules: Sequence[str],
+    base_model_aliases: Sequence[str] = (),
+) -> list[str]:
+    """Pure: every reason the engines could not serve this adapter (empty: compatible)."""
+    problems: list[str] = []
+    if config.base_model != base_model and config.base_model not in base_model_aliases:
+        known = ", ".join(repr(n) for n in (base_model, *base_model_aliases))
+        problems.append(f"adapter was trained for {config.base_model!r}, engines serve {known}")
+    if config.rank > max_rank:
+        problems.append(f"adapter rank {config.rank} is above the engine maximum {max_rank}")
+    declared = set(config.target_modules or ())
+    unsupported = sorted((set(modules) | declared) - set(supported_modules))
+    if unsupported:
+        problems.append(f"target modules not supported by the engine: {', '.join(unsupported)}")
+    return problems

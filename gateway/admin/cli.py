@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.admin import client as api
+from gateway.admin import push_cli
 from registry.models import PRIORITY_CLASSES
 
 
@@ -268,6 +269,7 @@ def register(sub: Any) -> None:
     p = add("eval", "run a release's evaluation set (default: canary, else stable)", "tenant",
             "alias")  # fmt: skip
     p.add_argument("release", nargs="?", default=None)
+    push_cli.register(add)
     p = add("audit", "the audit log")
     p.add_argument("--tenant", default=None)
     p.add_argument("--count", type=int, default=50)

@@ -19,7 +19,7 @@ the whole body); a gateway that cannot be reached raises `AdminUnreachable`. Eve
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar
@@ -76,6 +76,9 @@ class AdminCall(Generic[T]):
     read: Callable[[Any], T]
     body: dict[str, Any] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # A raw body instead of JSON (an adapter upload streams a tar), with its own headers.
+    content: Iterable[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _model(model: type[M]) -> Callable[[Any], M]:
@@ -88,6 +91,10 @@ def _models(model: type[M]) -> Callable[[Any], list[M]]:
 
 def _nothing(data: Any) -> None:
     return None
+
+
+def _json(data: Any) -> Any:
+    return data
 
 
 def _given(**fields: Any) -> dict[str, Any]:
@@ -268,6 +275,25 @@ def audit(tenant: str | None = None, count: int | None = None) -> AdminCall[list
     return AdminCall("GET", "/audit", _models(AuditEntryPublic), params=params)
 
 
+def upload_adapter(
+    tenant: str, name: str, tar: Iterable[bytes], *, size: int, digest: str
+) -> AdminCall[Any]:
+    """Push an adapter as an uncompressed tar (adapters.push.pack) with the digest of its files;
+    the answer is the version record with `ref` and the `skipped` trainer files."""
+    headers = {
+        "content-type": "application/x-tar",
+        "content-length": str(size),
+        "x-loragate-digest": digest,
+    }
+    path = f"/tenants/{tenant}/adapters/{name}/uploads"
+    return AdminCall("POST", path, _json, content=tar, headers=headers)
+
+
+def list_versions(tenant: str, kind: Literal["adapters", "prompts", "releases"]) -> AdminCall[Any]:
+    """A tenant's adapter versions, prompt versions or releases, each with what uses it."""
+    return AdminCall("GET", f"/tenants/{tenant}/{kind}", _json)
+
+
 # -- the clients ----------------------------------------------------------------------------------
 
 
@@ -327,7 +353,13 @@ class AdminClient(_Connection[httpx.Client]):
     _open = httpx.Client
 
     def send(self, call: AdminCall[T]) -> T:
-        return call.read(self.request(call.method, call.path, call.body, **call.params))
+        if call.content is None:
+            return call.read(self.request(call.method, call.path, call.body, **call.params))
+        with _reaching(self.url):
+            response = self.http.request(
+                call.method, call.path, content=call.content, headers=call.headers
+            )
+        return call.read(answer(response))
 
     def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         """Any admin route by path (JSON in, JSON out); AdminError on 4xx/5xx."""

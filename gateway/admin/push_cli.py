@@ -1,0 +1,82 @@
+"""`loragate admin adapters-push TENANT NAME ./dir` and the lifecycle listings.
+
+Push packs the files the engine needs (trainer leftovers skipped and listed on stderr; pickles
+and links refused locally, every one named), computes the digest, streams the tar to
+POST .../adapters/NAME/uploads and prints `NAME@VERSION`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from adapters.artifact import compute_digest
+from adapters.errors import ArtifactError
+from adapters.push import pack
+from gateway.admin import client as api
+
+CHUNK = 1 << 20
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("adapters-push", "upload an adapter directory as a new version", "tenant", "name")
+    p.add_argument("directory", type=Path)
+    p.set_defaults(func=run)
+    for name, what in (("adapters", "adapter"), ("prompts", "prompt")):
+        p = add(f"{name}-list", f"a tenant's {what} versions and what uses them", "tenant")
+        p.set_defaults(func=run)
+    p = add("releases-list", "a tenant's releases and the aliases using them", "tenant")
+    p.set_defaults(func=run)
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def push(args: argparse.Namespace, tenant: str, name: str, directory: Path) -> dict[str, Any]:
+    """Upload `directory`; the version record (with `ref` and `skipped`) or SystemExit(2)."""
+    from gateway.admin import cli
+
+    with tempfile.TemporaryDirectory(prefix="loragate-push-") as tmp:
+        try:
+            tar_path, _listing = pack(directory, Path(tmp) / "artifact.tar")
+            digest = compute_digest(directory)
+        except (ArtifactError, OSError) as exc:
+            code = exc.code if isinstance(exc, ArtifactError) else "artifact_invalid"
+            print(f"error {code}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        call = api.upload_adapter(
+            tenant, name, _file_chunks(tar_path), size=tar_path.stat().st_size, digest=digest
+        )
+        data: dict[str, Any] = cli._send(args, call)
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    from gateway.admin import cli
+
+    action = args.admin_action
+    if action == "adapters-push":
+        data = push(args, args.tenant, args.name, args.directory)
+        for skipped in data.get("skipped", []):
+            print(f"skipped {skipped}", file=sys.stderr)
+        if args.json:
+            cli._print(args, data)
+        else:
+            print(data["ref"])
+        return 0
+    kind = action.removesuffix("-list")
+    data = cli._send(args, api.list_versions(args.tenant, kind))
+    columns = {
+        "adapters": ["ref", "digest", "rank", "size_bytes", "used_by"],
+        "prompts": ["ref", "created_at", "used_by"],
+        "releases": ["id", "alias", "adapter", "prompt", "used_by"],
+    }[kind]
+    cli._print(args, data, columns)
+    return 0
