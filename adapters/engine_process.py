@@ -74,6 +74,10 @@ class EngineProcess:
     max_cpu_loras: int = 8
     max_model_len: int = 2048
     kv_cache_gib: int = 1
+    # `tool_choice: auto` needs a parser; named and required choices use structured outputs and
+    # work without one. `pythonic` needs no special tokens, so it starts on any chat model (the
+    # tiny test model, SmolLM2); None leaves automatic tool choice off (vLLM answers it 400).
+    tool_call_parser: str | None = "pythonic"
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -107,6 +111,10 @@ class EngineProcess:
             "--max-loras", str(self.max_loras),
             "--max-lora-rank", str(self.max_lora_rank),
             "--max-cpu-loras", str(self.max_cpu_loras),
+            *(
+                ("--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser)
+                if self.tool_call_parser else ()
+            ),
             *self.extra_args,
         ]  # fmt: skip
 

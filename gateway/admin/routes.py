@@ -13,7 +13,7 @@ import time
 from typing import Annotated, Any, Literal, Self
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from adapters.errors import EngineError
 from gateway.errors import ApiError
@@ -103,6 +103,11 @@ class PromptVersionCreate(Body):
     refusal_patterns: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=50
     )
+    tool_use: Literal["allow", "forbid"] = "allow"
+    allowed_tools: (
+        list[Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]] | None
+    ) = Field(default=None, max_length=128)
+    completions: Literal["prefix", "raw", "refuse"] = "prefix"
 
 
 class ReleaseCreate(Body):
@@ -258,6 +263,9 @@ async def register_prompt(
         params=body.params,
         response_schema=body.response_schema,
         refusal_patterns=body.refusal_patterns,
+        tool_use=body.tool_use,
+        allowed_tools=body.allowed_tools,
+        completions=body.completions,
         actor=actor,
     )
     return {**version.model_dump(), "ref": version.ref}
