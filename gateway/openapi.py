@@ -669,6 +669,10 @@ def completions_operation() -> dict[str, Any]:
 
 def _document_model(operation: dict[str, Any]) -> None:
     operation["security"] = [{TENANT_SCHEME: []}]
+    for parameter in operation.get("parameters", []):
+        if parameter.get("name") == "model":
+            parameter["description"] = "one of your model aliases"
+            parameter["example"] = "chat"
     operation["responses"] = {
         "200": {
             "description": "One of the caller's aliases (another tenant's answers as unknown)",

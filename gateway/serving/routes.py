@@ -70,7 +70,7 @@ async def list_models(request: Request) -> Response:
     )
 
 
-@router.get("/models/{model}", response_model=None)
+@router.get("/models/{model:path}", response_model=None)  # "a/b" is one (unknown) id
 async def retrieve_model(model: str, request: Request) -> Response:
     """One of the caller's aliases; another tenant's alias answers exactly as an unknown one."""
     state: AppState = request.app.state.lg
