@@ -154,7 +154,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             base_adapter=_base_adapter(settings),
             tracing=(
                 Tracing.otlp(settings.otlp_endpoint, settings.otel_service_name,
-                             settings.otlp_headers)
+                             settings.otlp_headers, settings.otel_sample_ratio)
                 if settings.otlp_endpoint else None
             ),
         )  # fmt: skip

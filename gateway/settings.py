@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = None
     otlp_headers: dict[str, str] = Field(default_factory=dict)
     otel_service_name: str = "loragate"
+    # Requests without a client traceparent are traced at this ratio (a client's sampled flag
+    # wins); measured cost of a sampled request in NOTES-19.md.
+    otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
     snapshot_max_staleness_s: float = 300.0
     snapshot_poll_interval_s: float = 0.5

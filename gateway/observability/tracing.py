@@ -25,6 +25,7 @@ from opentelemetry import trace as otel
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
@@ -60,16 +61,25 @@ class Tracing:
         self.tracer = provider.get_tracer("loragate")
 
     @classmethod
-    def otlp(cls, endpoint: str, service_name: str, headers: Mapping[str, str]) -> Tracing:
+    def otlp(
+        cls, endpoint: str, service_name: str, headers: Mapping[str, str], sample_ratio: float = 1.0
+    ) -> Tracing:
         """Spans batched and exported over OTLP/HTTP (protobuf) to `endpoint` (…/v1/traces)."""
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter(endpoint=endpoint, headers=dict(headers), timeout=5)
-        return cls.with_processor(BatchSpanProcessor(exporter), service_name)
+        return cls.with_processor(BatchSpanProcessor(exporter), service_name, sample_ratio)
 
     @classmethod
-    def with_processor(cls, processor: SpanProcessor, service_name: str = "loragate") -> Tracing:
-        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    def with_processor(
+        cls, processor: SpanProcessor, service_name: str = "loragate", sample_ratio: float = 1.0
+    ) -> Tracing:
+        """A client's sampled flag wins; requests without a traceparent are sampled at
+        `sample_ratio` (an unsampled request builds no child spans)."""
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": service_name}),
+            sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+        )
         provider.add_span_processor(processor)
         return cls(provider)
 
@@ -106,6 +116,9 @@ class RequestTrace:
 
     def end(self, attributes: Mapping[str, AttributeValue], error: str | None) -> None:
         root = self._span
+        if not root.is_recording():  # not sampled: nothing to build
+            root.end()
+            return
         context = otel.set_span_in_context(root)
         begin = self._start
         for phase, at, extra in self._marks:

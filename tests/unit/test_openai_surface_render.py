@@ -261,3 +261,17 @@ def test_a_trace_continues_the_clients_traceparent_with_one_span_per_phase() -> 
         assert before.end_time == after.start_time  # phases tile the request
     assert sent.split("-")[2] == f"{root.context.span_id:016x}"
     tracing.shutdown()
+
+
+def test_unsampled_requests_build_no_spans_and_a_clients_sampled_flag_wins() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.with_processor(SimpleSpanProcessor(exporter), sample_ratio=0.0)
+    quiet = tracing.begin("POST /v1/chat/completions", None)
+    quiet.mark("auth")
+    quiet.end({}, None)
+    assert exporter.get_finished_spans() == ()
+    sampled = tracing.begin("POST /v1/chat/completions", TP)  # flags 01: the client samples it
+    sampled.mark("auth")
+    sampled.end({}, None)
+    assert {s.name for s in exporter.get_finished_spans()} == {"POST /v1/chat/completions", "auth"}
+    tracing.shutdown()
