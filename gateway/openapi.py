@@ -264,7 +264,10 @@ def _sampling() -> dict[str, Any]:
     for name, (kind, low, high) in NUMERIC.items():
         kind_name = "integer" if kind is int else "number"
         out[name] = _nullable({"type": kind_name, "minimum": low, "maximum": high})
-    out["n"]["description"] = "At most the gateway's `max_n` (1 by default); more is a 400."
+    out["n"]["description"] = (
+        "At most the tenant's `limits.max_n`, else the gateway's `max_n` (1 by default); "
+        "more is a 400."
+    )
     return out
 
 
