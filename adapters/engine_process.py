@@ -71,6 +71,10 @@ class EngineProcess:
     # `--scheduling-policy priority`: requests carry a `priority` (lower first) that orders vLLM's
     # waiting queue; loragate sets it per tenant/alias class (settings.engine_priority_scheduling).
     priority_scheduling: bool = False
+    # `tool_choice: auto` needs a parser; named and required choices use structured outputs and
+    # work without one. `pythonic` needs no special tokens, so it starts on any chat model (the
+    # tiny test model, SmolLM2); None leaves automatic tool choice off (vLLM answers it 400).
+    tool_call_parser: str | None = "pythonic"
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -105,6 +109,10 @@ class EngineProcess:
             "--max-lora-rank", str(self.max_lora_rank),
             "--max-cpu-loras", str(self.max_cpu_loras),
             *(("--scheduling-policy", "priority") if self.priority_scheduling else ()),
+            *(
+                ("--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser)
+                if self.tool_call_parser else ()
+            ),
             *self.extra_args,
         ]  # fmt: skip
 

@@ -52,4 +52,5 @@ EXPOSE 8000
 ENTRYPOINT ["python", "-m", "vllm.entrypoints.openai.api_server"]
 CMD ["--host=0.0.0.0", "--port=8000", "--model=/models/smollm2-135m-instruct", \
      "--served-model-name=smollm2-135m-instruct", "--dtype=bfloat16", "--max-model-len=2048", \
-     "--enable-lora", "--max-loras=2", "--max-cpu-loras=8", "--max-lora-rank=16"]
+     "--enable-lora", "--max-loras=2", "--max-cpu-loras=8", "--max-lora-rank=16", \
+     "--enable-auto-tool-choice", "--tool-call-parser=pythonic"]

@@ -7,6 +7,7 @@ watcher, metrics registry) is built in the lifespan of `create_app`, never at im
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -33,12 +34,15 @@ from gateway.engines.upstream import Upstream
 from gateway.errors import ApiError, from_domain
 from gateway.limits.limiter import Limiter
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import Tracing
 from gateway.observability.windows import Windows
 from gateway.openapi import install_openapi
 from gateway.rollout import guard as canary
 from gateway.serving import routes as tenant_api
 from gateway.serving.asgi import error_response
 from gateway.serving.chat import handle_chat
+from gateway.serving.completions import PATH as COMPLETIONS_PATH
+from gateway.serving.completions import handle_completions
 from gateway.settings import Settings
 from gateway.state import AppState
 from registry.errors import RegistryError
@@ -49,6 +53,7 @@ from registry.store import RegistryStore
 
 log = logging.getLogger("loragate")
 CHAT_PATH = "/v1/chat/completions"
+RAW_ROUTES = {CHAT_PATH: handle_chat, COMPLETIONS_PATH: handle_completions}
 
 
 class Gateway(FastAPI):
@@ -57,10 +62,11 @@ class Gateway(FastAPI):
     OpenAPI schema included, is plain FastAPI."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST":
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = RAW_ROUTES.get(scope["path"])
             state: AppState | None = getattr(self.state, "lg", None)
-            if state is not None:
-                await handle_chat(state, scope, receive, send)  # it answers every error itself
+            if handler is not None and state is not None:
+                await handler(state, scope, receive, send)  # it answers every error itself
                 return
         await super().__call__(scope, receive, send)
 
@@ -154,7 +160,12 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             ),
             canary_windows=Windows(settings.canary),
             base_adapter=_base_adapter(settings),
-        )
+            tracing=(
+                Tracing.otlp(settings.otlp_endpoint, settings.otel_service_name,
+                             settings.otlp_headers, settings.otel_sample_ratio)
+                if settings.otlp_endpoint else None
+            ),
+        )  # fmt: skip
         app.state.lg = state
         # Metric label bounds follow the registry synchronously (no request is metered under a
         # stale universe); in-process only, no Redis calls.
@@ -177,6 +188,8 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             await pool.stop()
             await watcher.stop()
             await session.close()
+            if state.tracing is not None:
+                await asyncio.to_thread(state.tracing.shutdown)  # flushes queued spans
             await redis.aclose()
             if limits_redis is not redis:
                 await limits_redis.aclose()

@@ -32,6 +32,8 @@ CODES: dict[str, tuple[int, str]] = {
     "invalid_request": (400, "invalid_request_error"),
     "forbidden_parameter": (400, "invalid_request_error"),
     "max_tokens_exceeds_limit": (400, "invalid_request_error"),
+    "tools_forbidden": (400, "invalid_request_error"),
+    "completions_forbidden": (400, "invalid_request_error"),
     "payload_too_large": (413, "invalid_request_error"),
     "rate_limited": (429, "rate_limit_error"),
     "concurrency_limited": (429, "rate_limit_error"),

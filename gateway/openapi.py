@@ -23,12 +23,16 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway.errors import CODES, RETRY_AFTER_CODES
-from gateway.serving.render import FORBIDDEN, NUMERIC, ROLES
+from gateway.serving.completion_render import MAX_PROMPT_CHARS
+from gateway.serving.render import FLAGS, FORBIDDEN, LISTS, MAX_LOGIT_BIAS, NUMERIC, ROLES
+from gateway.serving.tools import MAX_TOOL_CALLS, MAX_TOOLS
 from registry.models import NAME_PATTERN
 
 TENANT_SCHEME = "TenantKey"
 ADMIN_SCHEME = "AdminToken"
 CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+MODEL_PATH = "/v1/models/{model}"
 ADMIN_PREFIX = "/admin/v1/"
 
 SECURITY_SCHEMES: dict[str, Any] = {
@@ -98,6 +102,7 @@ CHAT_COMPLETION: dict[str, Any] = {
                         "properties": {
                             "role": {"const": "assistant"},
                             "content": {"type": ["string", "null"]},
+                            "tool_calls": {"type": ["array", "null"]},
                         },
                     },
                     "finish_reason": {"type": ["string", "null"]},
@@ -162,6 +167,71 @@ SSE_EVENT: dict[str, Any] = {
     },
 }
 
+_TEXT_CHOICES: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["index", "text"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "text": {"type": "string"},
+            "finish_reason": {"type": ["string", "null"]},
+        },
+    },
+}
+
+TEXT_COMPLETION: dict[str, Any] = {
+    "title": "TextCompletion",
+    "description": "The engine's completion of a raw prompt; `model` is the caller's alias.",
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "text_completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": _TEXT_CHOICES,
+        "usage": {"anyOf": [_USAGE, {"type": "null"}]},
+    },
+}
+
+TEXT_SSE_EVENT: dict[str, Any] = {
+    "title": "TextCompletionEvent",
+    "description": "One `data:` event of a streamed text completion (as for chat).",
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"const": "message"},
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "anyOf": [
+                            {"$ref": _REF + "TextCompletion"},
+                            {"$ref": _REF + "ErrorResponse"},
+                        ]
+                    },
+                },
+            ]
+        },
+    },
+}
+
+MODEL: dict[str, Any] = {
+    "title": "Model",
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+    },
+}
+
 MODEL_LIST: dict[str, Any] = {
     "title": "ModelList",
     "type": "object",
@@ -195,7 +265,10 @@ def _sampling() -> dict[str, Any]:
     for name, (kind, low, high) in NUMERIC.items():
         kind_name = "integer" if kind is int else "number"
         out[name] = _nullable({"type": kind_name, "minimum": low, "maximum": high})
-    out["n"]["description"] = "At most the gateway's `max_n` (1 by default); more is a 400."
+    out["n"]["description"] = (
+        "At most the tenant's `limits.max_n`, else the gateway's `max_n` (1 by default); "
+        "more is a 400."
+    )
     return out
 
 
@@ -218,9 +291,36 @@ _MESSAGE: dict[str, Any] = {
                 },
             ]
         },
-        "name": {},
-        "tool_calls": {},
-        "tool_call_id": {},
+        "name": {"type": "string"},
+        "tool_calls": _nullable(
+            {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_TOOL_CALLS,
+                "items": {
+                    "type": "object",
+                    "required": ["id", "function"],
+                    "properties": {
+                        "id": {"type": "string", "minLength": 1, "maxLength": 256},
+                        "type": {"const": "function"},
+                        "function": {
+                            "type": "object",
+                            "required": ["name", "arguments"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "arguments": {"type": "string"},
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
+                    "additionalProperties": False,
+                },
+            }
+        ),
+        "tool_call_id": {
+            "type": "string",
+            "description": "tool messages: the id of an earlier assistant tool call",
+        },
         "refusal": {},
     },
     "additionalProperties": False,
@@ -230,6 +330,80 @@ _MESSAGE: dict[str, Any] = {
 }
 
 _STOP = {"type": "string", "minLength": 1, "maxLength": 256}
+_TOOL_NAME = {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"}
+_TOOLS: dict[str, Any] = {
+    "tools": _nullable(
+        {
+            "type": "array",
+            "maxItems": MAX_TOOLS,
+            "description": "Function tools (names unique). A release may forbid tools "
+            "(400 `tools_forbidden`) or allow only some.",
+            "items": {
+                "type": "object",
+                "required": ["type", "function"],
+                "properties": {
+                    "type": {"const": "function"},
+                    "function": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": _TOOL_NAME,
+                            "description": {"type": "string"},
+                            "parameters": {"type": "object"},
+                            "strict": {"type": "boolean"},
+                        },
+                        "additionalProperties": False,
+                    },
+                },
+                "additionalProperties": False,
+            },
+        }
+    ),
+    "tool_choice": {
+        "description": "none, auto, required, or a function named in `tools`",
+        "anyOf": [
+            {"enum": ["none", "auto", "required"]},
+            {
+                "type": "object",
+                "required": ["type", "function"],
+                "properties": {
+                    "type": {"const": "function"},
+                    "function": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {"name": {"type": "string"}},
+                        "additionalProperties": False,
+                    },
+                },
+                "additionalProperties": False,
+            },
+            {"type": "null"},
+        ],
+    },
+    "parallel_tool_calls": _nullable({"type": "boolean"}),
+}
+
+
+def _extensions() -> dict[str, Any]:
+    """The vLLM output extensions passed through (NOTES-19.md has the table), and logit bias."""
+    out: dict[str, Any] = {name: _nullable({"type": "boolean"}) for name in sorted(FLAGS)}
+    for name, (item, most) in LISTS.items():
+        item_schema = (
+            {"type": "integer", "minimum": 0}
+            if item is int
+            else {"type": "string", "minLength": 1, "maxLength": 256}
+        )
+        out[name] = _nullable({"type": "array", "maxItems": most, "items": item_schema})
+    out["logit_bias"] = _nullable(
+        {
+            "type": "object",
+            "maxProperties": MAX_LOGIT_BIAS,
+            "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        }
+    )
+    return out
+
 
 CHAT_REQUEST: dict[str, Any] = {
     "title": "ChatCompletionRequest",
@@ -271,10 +445,46 @@ CHAT_REQUEST: dict[str, Any] = {
                 "properties": {"type": {"enum": ["text", "json_object", "json_schema"]}},
             }
         ),
+        **_TOOLS,
+        **_extensions(),
         **{
-            name: {"type": "null", "description": "not supported: only null is accepted"}
-            for name in ("tools", "tool_choice", "parallel_tool_calls", "logit_bias")
+            name: {"description": "accepted and ignored"}
+            for name in ("metadata", "store", "service_tier")
         },
+    },
+    "additionalProperties": False,
+}
+
+COMPLETION_REQUEST: dict[str, Any] = {
+    "title": "CompletionRequest",
+    "description": (
+        "OpenAI's (legacy) completions request on a raw prompt. The release's prompt version "
+        "puts its system prompt before the prompt, sends the prompt alone, or refuses raw prompts "
+        "(400 `completions_forbidden`). Forbidden and unknown fields as for chat."
+    ),
+    "type": "object",
+    "required": ["model", "prompt"],
+    "properties": {
+        "model": CHAT_REQUEST["properties"]["model"],
+        "prompt": {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1,
+                    "items": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS},
+                },
+            ]
+        },
+        "stream": CHAT_REQUEST["properties"]["stream"],
+        "stream_options": CHAT_REQUEST["properties"]["stream_options"],
+        "max_tokens": CHAT_REQUEST["properties"]["max_tokens"],
+        **_sampling(),
+        "stop": CHAT_REQUEST["properties"]["stop"],
+        "user": CHAT_REQUEST["properties"]["user"],
+        "logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 5}),
+        **_extensions(),
         **{
             name: {"description": "accepted and ignored"}
             for name in ("metadata", "store", "service_tier")
@@ -312,6 +522,7 @@ STATUS_TEXT = {
 # Statuses each operation can answer besides its success, beyond FastAPI's own 422.
 CHAT_ERRORS = (400, 401, 404, 413, 429, 502, 503)
 MODELS_ERRORS = (401, 503)
+MODEL_ERRORS = (401, 404, 503)
 ADMIN_ERRORS = (401, 503)  # every admin operation: the token, the registry
 ADMIN_EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/admin/v1/tenants"): (409, 422),
@@ -338,6 +549,9 @@ DOCUMENTED_SCHEMAS = (
     CHAT_REQUEST,
     CHAT_COMPLETION,
     CHAT_COMPLETION_CHUNK,
+    COMPLETION_REQUEST,
+    TEXT_COMPLETION,
+    MODEL,
     MODEL_LIST,
 )
 _RETRY_AFTER_STATUSES = frozenset(CODES[code][0] for code in RETRY_AFTER_CODES)
@@ -371,12 +585,15 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     components["securitySchemes"] = SECURITY_SCHEMES
     paths: dict[str, dict[str, Any]] = doc.setdefault("paths", {})
     paths[CHAT_PATH] = {"post": chat_operation()}
+    paths[COMPLETIONS_PATH] = {"post": completions_operation()}
     for path, item in paths.items():
         for method, operation in item.items():
             if path.startswith(ADMIN_PREFIX):
                 _document_admin(method, path, operation)
             elif path == "/v1/models" and method == "get":
                 _document_models(operation)
+            elif path == MODEL_PATH and method == "get":
+                _document_model(operation)
     return doc
 
 
@@ -412,6 +629,61 @@ def chat_operation() -> dict[str, Any]:
             },
             **_errors(CHAT_ERRORS, tenant=True),
         },
+    }
+
+
+def completions_operation() -> dict[str, Any]:
+    return {
+        "tags": ["openai"],
+        "summary": "Create a text completion",
+        "description": (
+            "OpenAI-compatible completions on a raw prompt, through the same release, limits and "
+            "metering as chat. With `stream: true` the answer is server-sent events ending in "
+            "`data: [DONE]`."
+        ),
+        "operationId": "create_completion",
+        "security": [{TENANT_SCHEME: []}],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": _REF + "CompletionRequest"},
+                    "examples": {
+                        "completion": {
+                            "summary": "One completion",
+                            "value": {"model": "chat", "prompt": "Once upon", "max_tokens": 8},
+                        }
+                    },
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "The completion (JSON), or its stream (`stream: true`)",
+                "headers": _tenant_headers(200),
+                "content": {
+                    "application/json": {"schema": {"$ref": _REF + "TextCompletion"}},
+                    "text/event-stream": {"schema": TEXT_SSE_EVENT},
+                },
+            },
+            **_errors(CHAT_ERRORS, tenant=True),
+        },
+    }
+
+
+def _document_model(operation: dict[str, Any]) -> None:
+    operation["security"] = [{TENANT_SCHEME: []}]
+    for parameter in operation.get("parameters", []):
+        if parameter.get("name") == "model":
+            parameter["description"] = "one of your model aliases"
+            parameter["example"] = "chat"
+    operation["responses"] = {
+        "200": {
+            "description": "One of the caller's aliases (another tenant's answers as unknown)",
+            "headers": _tenant_headers(200),
+            "content": {"application/json": {"schema": {"$ref": _REF + "Model"}}},
+        },
+        **_errors(MODEL_ERRORS, tenant=True),
     }
 
 

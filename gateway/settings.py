@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     # Request limits at the edge.
     max_body_bytes: int = 1024 * 1024
     max_messages: int = 256
-    max_n: int = 1
+    max_n: int = 1  # choices per request; a tenant's `limits.max_n` replaces it
     default_max_tokens_cap: int = 4096
 
     # Cost: price per 1K tokens by tenant plan ("default" applies when the plan has no row).
@@ -136,6 +136,19 @@ class Settings(BaseSettings):
 
     # Canary guard (gateway/rollout/guard.py): auto-rollback on, auto-promotion off by default.
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
+
+    # A `: keep-alive` SSE comment every this many seconds while a stream waits for its first
+    # token (queue, adapter load, prefill), so idle-timeout proxies keep it open; 0 turns it off.
+    sse_keepalive_s: float = Field(default=10.0, ge=0)
+
+    # Tracing (gateway/observability/tracing.py): OTLP/HTTP traces endpoint, e.g.
+    # http://otel-collector:4318/v1/traces. Unset: no tracer, nothing on the request path.
+    otlp_endpoint: str | None = None
+    otlp_headers: dict[str, str] = Field(default_factory=dict)
+    otel_service_name: str = "loragate"
+    # Requests without a client traceparent are traced at this ratio (a client's sampled flag
+    # wins); measured cost of a sampled request in NOTES-19.md.
+    otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
     snapshot_max_staleness_s: float = 300.0
     snapshot_poll_interval_s: float = 0.5

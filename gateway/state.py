@@ -9,6 +9,7 @@ from gateway.engines.upstream import Upstream
 from gateway.limits.limiter import Limiter
 from gateway.observability.engine_time import EngineTime
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import Tracing
 from gateway.observability.windows import Windows
 from gateway.settings import CanaryConfig, Settings
 from registry.models import AdapterVersion
@@ -33,3 +34,5 @@ class AppState:
     base_adapter: AdapterVersion | None = None
     # replica busy time split by token share, settled into the metrics at scrape time
     engine_time: EngineTime = field(default_factory=EngineTime)
+    # OpenTelemetry (settings.otlp_endpoint); None: requests carry no trace at all
+    tracing: Tracing | None = None

@@ -4,7 +4,9 @@ The tiny Llama and one LoRA from `adapters.tinymodel` (built once, cached under 
 served by `adapters.engine_process.EngineProcess`. The gateway loads the adapter under its own
 engine name; the direct requests then use that same name, so both paths run the same weights and
 the same prompt (the release has no system prompt). Requests alternate direct / gateway so the
-engine's warm-up and the machine's noise hit both alike. Returns a dict, or {"skipped": why}.
+engine's warm-up and the machine's noise hit both alike. `stream` in the result holds streamed
+TTFT and end-to-end figures for both paths (`ignore_eos`, so each answer is 16 tokens). Returns a
+dict, or {"skipped": why}.
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ def run(work: Path, *, requests: int) -> dict[str, Any]:
             adapters=[lora],
             system_prompt=None,
         )
-        return _measure(engine.url, gw.url, tenants[0]["api_key"], requests)
+        result = _measure(engine.url, gw.url, tenants[0]["api_key"], requests)
+        result["stream"] = _measure_stream(engine.url, gw.url, tenants[0]["api_key"], requests)
+        return result
     finally:
         for service in reversed(services):
             service.proc.stop()
@@ -136,3 +140,52 @@ def _measure(engine_url: str, gateway_url: str, key: str, requests: int) -> dict
         "p50_ratio": g50 / d50 if d50 else float("nan"),
         "same_output": same,
     }
+
+
+def _stream_once(
+    client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, float]:
+    """(time to the first content event, time to [DONE]) of one streamed chat request."""
+    t = time.perf_counter()
+    ttft = None
+    with client.stream("POST", url, json=body, headers=headers) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if ttft is None and line.startswith("data: ") and '"content"' in line:
+                ttft = time.perf_counter() - t
+            if line == "data: [DONE]":
+                break
+    e2e = time.perf_counter() - t
+    return (ttft if ttft is not None else e2e), e2e
+
+
+def _measure_stream(engine_url: str, gateway_url: str, key: str, requests: int) -> dict[str, Any]:
+    """TTFT and end-to-end time of streamed requests, through loragate and straight to the
+    engine side by side (interleaved, as `_measure`)."""
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    body: dict[str, Any] = {"messages": messages, "max_tokens": 16, "temperature": 0,
+                            "stream": True, "ignore_eos": True}  # fmt: skip
+    auth = {"authorization": f"Bearer {key}"}
+    with httpx.Client(timeout=120) as client:
+        models = client.get(engine_url + "/v1/models").json()["data"]
+        lora_name = next(m["id"] for m in models if m.get("parent"))
+        arms = {
+            "direct": (engine_url + "/v1/chat/completions", {**body, "model": lora_name}, {}),
+            "loragate": (gateway_url + "/v1/chat/completions", {**body, "model": "chat"}, auth),
+        }
+        samples: dict[str, list[tuple[float, float]]] = {"direct": [], "loragate": []}
+        for name in ("direct", "loragate"):  # warm-up
+            _stream_once(client, *arms[name])
+        for i in range(requests):
+            order = ("loragate", "direct") if i % 2 else ("direct", "loragate")
+            for name in order:
+                samples[name].append(_stream_once(client, *arms[name]))
+    out: dict[str, Any] = {"requests": requests}
+    for name, values in samples.items():
+        ttft = sorted(v[0] for v in values)
+        e2e = sorted(v[1] for v in values)
+        out[f"{name}_ttft_p50_ms"] = percentile(ttft, 50) * 1000
+        out[f"{name}_ttft_p95_ms"] = percentile(ttft, 95) * 1000
+        out[f"{name}_e2e_p50_ms"] = percentile(e2e, 50) * 1000
+        out[f"{name}_e2e_p95_ms"] = percentile(e2e, 95) * 1000
+    return out

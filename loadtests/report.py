@@ -353,6 +353,16 @@ def markdown(doc: dict[str, Any]) -> str:
             "",
             f"P50 ratio {engine['p50_ratio']:.3f}; identical outputs: {engine['same_output']}.",
         ]
+        stream = engine.get("stream")
+        if stream:
+            lines += ["", "| streamed | TTFT P50 ms | TTFT P95 ms | E2E P50 ms | E2E P95 ms |",
+                      "|---|---|---|---|---|"]  # fmt: skip
+            for arm in ("direct", "loragate"):
+                lines.append(
+                    f"| {arm} | {stream[arm + '_ttft_p50_ms']:.1f} "
+                    f"| {stream[arm + '_ttft_p95_ms']:.1f} | {stream[arm + '_e2e_p50_ms']:.1f} "
+                    f"| {stream[arm + '_e2e_p95_ms']:.1f} |"
+                )
     else:
         lines.append(f"Skipped: {(engine or {}).get('skipped', 'not run')}.")
     if doc["direct_drift"]:

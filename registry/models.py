@@ -55,6 +55,7 @@ class Limits(Record):
     tokens_per_minute: int | None = Field(default=None, ge=1)
     max_concurrency: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
+    max_n: int | None = Field(default=None, ge=1, le=128)  # choices per request; gateway max_n
     budget: Budget | None = None
 
 
@@ -120,6 +121,13 @@ class PromptVersion(Record):
     params: dict[str, Any] = {}
     response_schema: dict[str, Any] | None = None
     refusal_patterns: tuple[str, ...] = ()
+    # Tool calling for this prompt: "forbid" refuses requests with tools (400 tools_forbidden);
+    # `allowed_tools` (when set) names the only functions a request may define.
+    tool_use: Literal["allow", "forbid"] = "allow"
+    allowed_tools: tuple[str, ...] | None = None
+    # /v1/completions: "prefix" puts the system prompt before the raw prompt, "raw" sends the
+    # prompt alone, "refuse" answers 400 completions_forbidden.
+    completions: Literal["prefix", "raw", "refuse"] = "prefix"
     created_by: str = "admin"
     created_at: float = 0.0
 

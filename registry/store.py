@@ -262,6 +262,9 @@ class RegistryStore(RedisEdge):
         params: Mapping[str, Any] | None = None,
         response_schema: Mapping[str, Any] | None = None,
         refusal_patterns: tuple[str, ...] | list[str] = (),
+        tool_use: Literal["allow", "forbid"] = "allow",
+        allowed_tools: tuple[str, ...] | list[str] | None = None,
+        completions: Literal["prefix", "raw", "refuse"] = "prefix",
         actor: str,
     ) -> PromptVersion:
         check_name(tenant_id, "tenant id")
@@ -271,7 +274,9 @@ class RegistryStore(RedisEdge):
             tenant=tenant_id, name=name, version=marker, system_prompt=system_prompt,
             params=dict(params or {}),
             response_schema=None if response_schema is None else dict(response_schema),
-            refusal_patterns=tuple(refusal_patterns), created_by=actor, created_at=self._clock(),
+            refusal_patterns=tuple(refusal_patterns), tool_use=tool_use,
+            allowed_tools=None if allowed_tools is None else tuple(allowed_tools),
+            completions=completions, created_by=actor, created_at=self._clock(),
         )  # fmt: skip
         spec = WriteSpec()
         self._tenant_exists(spec, tenant_id)

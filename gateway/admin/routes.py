@@ -160,6 +160,9 @@ async def register_prompt(
         params=body.params,
         response_schema=body.response_schema,
         refusal_patterns=body.refusal_patterns,
+        tool_use=body.tool_use,
+        allowed_tools=body.allowed_tools,
+        completions=body.completions,
         actor=actor,
     )
     return PromptVersionPublic(**version.model_dump())

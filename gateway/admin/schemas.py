@@ -12,7 +12,14 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    computed_field,
+    model_validator,
+)
 
 from registry.models import (
     NAME_PATTERN,
@@ -115,6 +122,11 @@ class PromptVersionCreate(Body):
     refusal_patterns: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=50
     )
+    tool_use: Literal["allow", "forbid"] = "allow"
+    allowed_tools: (
+        list[Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]] | None
+    ) = Field(default=None, max_length=128)
+    completions: Literal["prefix", "raw", "refuse"] = "prefix"
 
 
 class ReleaseCreate(Body):

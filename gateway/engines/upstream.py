@@ -49,16 +49,20 @@ async def open_chat(
     *,
     connect_timeout: float,
     read_timeout: float,
+    path: str = "/v1/chat/completions",
+    headers: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
-    """POST to /v1/chat/completions and return the response once its status is 200.
+    """POST to `path` (chat or text completions) and return the response once its status is 200.
+    `headers` carry the request id and trace context (`X-Request-Id`, `traceparent`).
 
     The caller owns the response: `release()` after a clean end, `close()` to abort the engine
     request (vLLM aborts generation when its client connection drops).
     """
     try:
         response = await session.post(
-            url + "/v1/chat/completions",
+            url + path,
             data=BytesPayload(orjson.dumps(body), content_type=_JSON),
+            headers=headers,
             timeout=_timeout(connect_timeout, read_timeout),
         )
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:

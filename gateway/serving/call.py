@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway.engines.fairqueue import Flow
 from gateway.errors import status_of
 from gateway.limits.limiter import Reservation
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.requestlog import CANCELLED_STATUS, emit, request_record
+from gateway.observability.tracing import RequestTrace
 from gateway.serving.output_checks import Verdict
 from gateway.state import AppState
 from registry.models import AdapterVersion, ApiKey, Arm, Release, Tenant
@@ -43,6 +45,10 @@ class Call:
     responded: bool = False  # the response has started: errors can only be stream events now
     stream: bool = False
     finished: bool = False
+    engine_path: str = "/v1/chat/completions"
+    trace: RequestTrace | None = None  # set only when tracing is on (gateway.observability.tracing)
+    traceparent: str | None = None  # the client's, passed on when tracing is off
+    keepalive: KeepAliveLike | None = None  # SSE comments while a stream waits for its first token
 
     @property
     def release_id(self) -> str:
@@ -51,6 +57,23 @@ class Call:
     @property
     def tenant_id(self) -> str:
         return self.tenant.id if self.tenant is not None else "unknown"
+
+
+class KeepAliveLike(Protocol):
+    async def stop(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+def engine_headers(call: Call) -> dict[str, str]:
+    """What the engine gets besides the body: the request id the client got (vLLM takes it as its
+    own request id, `chatcmpl-<id>`) and the trace context."""
+    headers = {"X-Request-Id": call.request_id}
+    if call.trace is not None:
+        headers["traceparent"] = call.trace.traceparent()
+    elif call.traceparent is not None:
+        headers["traceparent"] = call.traceparent
+    return headers
 
 
 def new_request_id() -> str:
@@ -108,6 +131,24 @@ def finish(state: AppState, call: Call, code: str) -> None:
         )
     if state.settings.request_log:
         _log(call, engine, code, status, duration, cost)
+    if call.trace is not None:
+        if engine is not None:
+            call.trace.mark("relay")
+        call.trace.end(
+            {
+                "loragate.request_id": call.request_id,
+                "loragate.tenant": call.tenant_id,
+                "loragate.alias": call.alias,
+                "loragate.release": call.release_id,
+                "loragate.arm": call.arm,
+                "loragate.replica": engine or "none",
+                "loragate.stream": call.stream,
+                "loragate.outcome": code,
+                "gen_ai.usage.input_tokens": call.prompt_tokens,
+                "gen_ai.usage.output_tokens": call.completion_tokens,
+            },
+            None if status in ("ok", "cancelled") else code,
+        )
 
 
 def _log(

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,11 +24,13 @@ from gateway.engines.fairqueue import Flow
 from gateway.engines.pool import queue_limited
 from gateway.errors import ApiError, from_domain, model_not_found
 from gateway.limits.quota import estimate_prompt_tokens
+from gateway.observability.tracing import valid_traceparent
 from gateway.serving import relay
 from gateway.serving.asgi import ClientGone, Disconnect, read_body, request_headers, send_error
 from gateway.serving.call import Call, finish, new_request_id
 from gateway.serving.output_checks import OutputGuard
 from gateway.serving.render import (
+    ALLOW_TOOLS,
     ChatRequest,
     Limits,
     Rendering,
@@ -34,6 +38,7 @@ from gateway.serving.render import (
     render_engine_body,
 )
 from gateway.serving.sse import error_event
+from gateway.serving.tools import ToolPolicy
 from gateway.state import AppState
 from registry.canary import select_arm
 from registry.errors import RegistryUnavailable
@@ -43,13 +48,23 @@ from registry.models import (
     ApiKey,
     Arm,
     PriorityClass,
+    PromptVersion,
     Release,
     Tenant,
 )
 from registry.secrets import cache_salt, hash_key
 from registry.state import RegistryState
 
-__all__ = ["Call", "authenticate", "handle_chat", "new_request_id", "render_release", "resolve"]
+__all__ = [
+    "Call",
+    "Route",
+    "authenticate",
+    "handle_chat",
+    "new_request_id",
+    "render_release",
+    "resolve",
+    "serve",
+]
 log = logging.getLogger("loragate.chat")
 
 
@@ -139,19 +154,113 @@ def render_release(
         response_schema=prompt.response_schema if prompt is not None else None,
         cache_salt=cache_salt(state.hmac_secret, tenant.id),
         max_tokens_cap=tenant.limits.max_tokens or state.settings.default_max_tokens_cap,
+        tools=_tool_policy(prompt),
+        completions=prompt.completions if prompt is not None else "prefix",
     )
     return rendering, adapter
 
 
-async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Send) -> None:
-    """POST /v1/chat/completions as raw ASGI. Every outcome is metered once (`finish`); a client
-    that disconnects cancels the work (and the engine request) and is metered `cancelled`."""
+def _tool_policy(prompt: PromptVersion | None) -> ToolPolicy:
+    if prompt is None or (prompt.tool_use == "allow" and prompt.allowed_tools is None):
+        return ALLOW_TOOLS
+    return ToolPolicy(prompt.tool_use, prompt.allowed_tools)
+
+
+def limits_for(state: AppState, tenant: Tenant) -> Limits:
+    return Limits(
+        max_messages=state.settings.max_messages,
+        max_n=tenant.limits.max_n or state.settings.max_n,
+        max_tokens_cap=tenant.limits.max_tokens or state.settings.default_max_tokens_cap,
+    )
+
+
+def begin(state: AppState, scope: Scope, span_name: str) -> Call:
+    """A new call with its request id; its trace (tracing on) or the client's traceparent."""
     call = Call(request_id=new_request_id(), started=time.perf_counter())
     call.headers["x-request-id"] = call.request_id
+    traceparent = None
+    for name, value in scope["headers"]:
+        if name == b"traceparent":
+            traceparent = value.decode("latin-1")
+    if state.tracing is not None:
+        call.trace = state.tracing.begin(span_name, traceparent)
+    elif traceparent is not None:
+        call.traceparent = valid_traceparent(traceparent)
+    return call
+
+
+async def admit(
+    state: AppState, call: Call, messages: list[dict[str, Any]], engine_body: dict[str, Any]
+) -> None:
+    """Limits are decided here, before any engine call; 429s leave with Retry-After. Each of `n`
+    choices may use `max_tokens`."""
+    assert call.tenant is not None
+    max_tokens = engine_body.get("max_tokens")
+    if isinstance(max_tokens, int):
+        max_tokens *= engine_body.get("n") or 1
+    call.reservation = await state.limiter.admit(
+        call.tenant,
+        call.request_id,
+        prompt_tokens=estimate_prompt_tokens(messages),
+        max_tokens=max_tokens,
+    )
+    call.headers.update(call.reservation.headers)
+    if call.trace is not None:
+        call.trace.mark("limits")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request, resolved against the snapshot and rendered for the engine."""
+
+    request: ChatRequest
+    engine_body: dict[str, Any]
+    guard: OutputGuard
+    prompt_messages: list[dict[str, Any]]  # for the limiter's prompt-token estimate
+
+
+@dataclass(frozen=True)
+class Route:
+    """What differs between the OpenAI generation routes (chat, text completions)."""
+
+    span: str
+    engine_path: str
+    prepare: Callable[[AppState, Call, object], Prepared]
+
+
+def prepare_chat(state: AppState, call: Call, body: object) -> Prepared:
+    assert call.tenant is not None
+    chat = parse_chat_request(body, limits_for(state, call.tenant))
+    call.stream = chat.stream
+    if call.trace is not None:
+        call.trace.mark("receive")
+    snapshot = state.watcher.state
+    rendering = resolve(state, snapshot, call, chat)
+    call.headers["x-loragate-release"] = call.release_id
+    engine_body = render_engine_body(chat, rendering)
+    guard = OutputGuard.for_release(snapshot, call.release)
+    return Prepared(chat, engine_body, guard, engine_body["messages"])
+
+
+CHAT = Route("POST /v1/chat/completions", "/v1/chat/completions", prepare_chat)
+
+
+async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Send) -> None:
+    """POST /v1/chat/completions as raw ASGI."""
+    await serve(state, scope, receive, send, CHAT)
+
+
+async def serve(state: AppState, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+    """One generation request as raw ASGI. Every outcome is metered once (`finish`); a client
+    that disconnects cancels the work (and the engine request) and is metered `cancelled`."""
+    call = begin(state, scope, route.span)
+    call.engine_path = route.engine_path
     watch: Disconnect | None = None
     try:
         authorization, length = request_headers(scope)
         call.tenant, call.key = await authenticate(state, authorization)
+        if call.trace is not None:
+            call.trace.mark("auth")
         if state.pool.shedding(flow_of(state, call.tenant)):
             # Refuse the tenant's own excess before parsing it (metered without an alias).
             raise queue_limited()
@@ -160,29 +269,14 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise ApiError("invalid_request", "The request body is not valid JSON.") from None
-        limits = Limits(
-            max_messages=state.settings.max_messages,
-            max_n=state.settings.max_n,
-            max_tokens_cap=call.tenant.limits.max_tokens or state.settings.default_max_tokens_cap,
-        )
-        chat = parse_chat_request(body, limits)
-        call.stream = chat.stream
-        snapshot = state.watcher.state
-        rendering = resolve(state, snapshot, call, chat)
-        call.headers["x-loragate-release"] = call.release_id
-        engine_body = render_engine_body(chat, rendering)
+        prepared = route.prepare(state, call, body)
+        chat, engine_body, guard = prepared.request, prepared.engine_body, prepared.guard
         if state.settings.engine_priority_scheduling and call.flow is not None:
-            # Set by the gateway only: a client's `priority` is refused in parse_chat_request.
+            # Set by the gateway only: a client's `priority` is refused when the body is parsed.
             engine_body["priority"] = call.flow.band
-        guard = OutputGuard.for_release(snapshot, call.release)
-        # Limits are decided here, before any engine call; 429s leave with Retry-After.
-        call.reservation = await state.limiter.admit(
-            call.tenant,
-            call.request_id,
-            prompt_tokens=estimate_prompt_tokens(engine_body.get("messages") or []),
-            max_tokens=engine_body.get("max_tokens"),
-        )
-        call.headers.update(call.reservation.headers)
+        if call.trace is not None:
+            call.trace.mark("resolve")
+        await admit(state, call, prepared.prompt_messages, engine_body)
         watch = Disconnect(receive)
         exchange = relay.Exchange(state, send, call, chat, engine_body, guard, watch)
         await (relay.stream if chat.stream else relay.complete)(exchange)
@@ -196,9 +290,11 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
     except ClientGone:
         finish(state, call, "cancelled")
     except Exception as exc:
+        if call.keepalive is not None:
+            await call.keepalive.stop()
         error = from_domain(exc)
         if error.code == "internal_error":
-            log.exception("unhandled error in chat request %s", call.request_id)
+            log.exception("unhandled error in request %s", call.request_id)
         # The traceback holds this frame (and the body read so far): without this, that cycle
         # keeps up to max_body_bytes alive per refused request until a full collection.
         exc.__traceback__ = error.__traceback__ = None
@@ -213,6 +309,8 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
     finally:
         if watch is not None:
             watch.stop()
+        if call.keepalive is not None:
+            call.keepalive.cancel()
         # Cancellation from outside skips finish(): free the slot anyway (no-op once settled).
         if call.reservation is not None:
             state.limiter.release(call.reservation)

@@ -64,6 +64,10 @@ class OutputGuard:
         )
         return cls(schema, tuple(prompt.refusal_patterns), release.schema_violation == "reject")
 
+    def check_none(self) -> Verdict:
+        """The answer was a tool call: there is no content to judge."""
+        return Verdict()
+
     def check(self, text: str) -> Verdict:
         if not self.active:
             return Verdict()

@@ -29,10 +29,12 @@ from gateway.engines.upstream import Upstream, UpstreamError, UpstreamFailed, op
 from gateway.errors import ApiError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.serving.asgi import SSE, Disconnect, raw_headers, send_body, send_error
-from gateway.serving.call import Call, finish, record_guard
+from gateway.serving.call import Call, engine_headers, finish, record_guard
+from gateway.serving.keepalive import KeepAlive
 from gateway.serving.output_checks import OutputGuard
 from gateway.serving.render import ChatRequest
 from gateway.serving.sse import DONE, DONE_EVENT, SseParser, SseProtocolError, error_event
+from gateway.serving.tools import has_tool_calls
 from gateway.state import AppState
 
 log = logging.getLogger("loragate.chat")
@@ -71,6 +73,9 @@ async def open_engine(
             raise ApiError("adapter_load_failed", "The adapter could not be loaded.") from None
         engine_body["model"] = lease.engine_model
         call.overhead += time.perf_counter() - call.started
+        if call.trace is not None:
+            call.trace.mark("adapter.load" if lease.miss else "engine.queue",
+                            {"loragate.replica": lease.replica.name})  # fmt: skip
         try:
             response = await open_chat(
                 upstream.session,
@@ -78,6 +83,8 @@ async def open_engine(
                 engine_body,
                 connect_timeout=upstream.connect_timeout,
                 read_timeout=upstream.read_timeout,
+                path=call.engine_path,
+                headers=engine_headers(call),
             )
         except UpstreamFailed:
             pool.release(lease)
@@ -98,6 +105,8 @@ async def open_engine(
             raise
         pool.report_success(lease.replica)
         call.headers["x-loragate-engine"] = lease.replica.name
+        if call.trace is not None:
+            call.trace.mark("engine.call")
         return lease, response
     raise ApiError(
         "engine_unavailable", "No engine replica could serve the request; retry shortly."
@@ -136,10 +145,10 @@ async def complete(x: Exchange) -> None:
     call.completion_tokens = int(usage.get("completion_tokens") or 0)
     if guard.active:
         choices = data.get("choices") or []
-        text = ""
-        if choices and isinstance(choices[0], dict):
-            text = str((choices[0].get("message") or {}).get("content") or "")
-        verdict = guard.check(text)
+        first = choices[0] if choices and isinstance(choices[0], dict) else {}
+        text = str((first.get("message") or {}).get("content") or first.get("text") or "")
+        # A tool call has no content to judge: schema and refusal checks apply to content only.
+        verdict = guard.check_none() if has_tool_calls(first) and not text else guard.check(text)
         record_guard(state.metrics, call, verdict)
         if verdict.schema_violation and guard.reject:
             watch.stop()
@@ -160,13 +169,17 @@ async def stream(x: Exchange) -> None:
     # The watcher is already running: a client that leaves while the engine queues or prefills
     # cancels this task, and the engine request with it.
     state, send, call = x.state, x.send, x.call
+    call.keepalive = KeepAlive.start(send, call, state.settings.sse_keepalive_s)
     lease, response = await open_engine(state.upstream, call, x.engine_body)
     clean = False
     try:
-        headers = raw_headers(call.headers, SSE)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        call.responded = True
+        if not call.responded:  # the keep-alive may have started the response already
+            call.responded = True
+            headers = raw_headers(call.headers, SSE)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
         status, tail = await _relay(state.metrics, send, call, x.chat, response, x.guard)
+        if call.keepalive is not None:  # a stream that ended before its first event
+            await call.keepalive.stop()
         clean = status == "ok"
         x.watch.stop()
         finish(state, call, status)
@@ -198,6 +211,7 @@ async def _relay(
     alias = chat.alias
     include_usage = chat.include_usage
     collect = guard.active
+    tool_calls = False
     try:
         async for chunk in response.content.iter_any():
             out: list[bytes] = []
@@ -227,15 +241,23 @@ async def _relay(
                 if not include_usage:
                     obj.pop("usage", None)
                 if collect:
-                    delta = choices[0].get("delta") or {}
+                    delta = choices[0].get("delta") or choices[0]
                     if isinstance(delta.get("content"), str):
                         text.append(delta["content"])
+                    elif isinstance(delta.get("text"), str):
+                        text.append(delta["text"])
+                    if delta.get("tool_calls"):
+                        tool_calls = True
                 out.append(b"data: " + orjson.dumps(obj) + b"\n\n")
             if not out:
                 continue
             now = time.perf_counter()
             call.overhead += now - t
             if first_at is None:
+                if call.keepalive is not None:
+                    await call.keepalive.stop()
+                if call.trace is not None:
+                    call.trace.mark("first_token")
                 first_at = now
                 metrics.observe_ttft(
                     call.tenant_id, call.alias, call.release_id, call.arm, now - call.started
@@ -251,7 +273,9 @@ async def _relay(
             return "engine_error", error_event(
                 "engine_error", "The engine stream ended unexpectedly."
             )
-        verdict = guard.check("".join(text))
+        content = "".join(text)
+        # A tool call has no content to judge: schema and refusal checks apply to content only.
+        verdict = guard.check_none() if tool_calls and not content else guard.check(content)
         record_guard(metrics, call, verdict)
         if verdict.schema_violation and guard.reject:
             return "schema_violation", error_event(

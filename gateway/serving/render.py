@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import ApiError
+from gateway.serving.tools import ToolPolicy, apply_tool_policy, check_tool_history, check_tools
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
-# Fields a tenant may never set: they steer the engine itself.
+# Fields a tenant may never set: they reach past this request's own output, into the engine
+# (another adapter, the prefix cache, the chat template, scheduling, KV transfer, request ids) or
+# past the release's system prompt (prompt logprobs, echo, truncation). Table in NOTES-19.md.
 FORBIDDEN = frozenset(
     {
         "lora_request",
@@ -23,39 +26,38 @@ FORBIDDEN = frozenset(
         "lora_name",
         "lora_int_id",
         "cache_salt",
+        "cache_hint",
         "chat_template",
         "chat_template_kwargs",
         "add_generation_prompt",
         "continue_final_message",
+        "add_special_tokens",
         "documents",
         "mm_processor_kwargs",
+        "media_io_kwargs",
         "kv_transfer_params",
+        "ec_transfer_params",
         "priority",
         "request_id",
+        "session_id",
         "guided_json",
         "guided_regex",
         "guided_choice",
         "guided_grammar",
         "guided_decoding_backend",
         "structured_outputs",
-        "return_tokens_as_token_ids",
         "prompt_logprobs",
+        "prompt_embeds",
         "vllm_xargs",
+        "logits_processors",
         "adapter",
         "adapters",
         "extra_body",
         "truncate_prompt_tokens",
+        "truncation_side",
         "echo",
-        "allowed_token_ids",
-        "bad_words",
-        "logits_processors",
-        "skip_special_tokens",
-        "spaces_between_special_tokens",
-        "include_stop_str_in_output",
-        "ignore_eos",
-        "min_tokens",
         "return_token_ids",
-        "cache_hint",
+        "use_beam_search",
     }
 )
 
@@ -71,7 +73,27 @@ NUMERIC: dict[str, tuple[type, float, float]] = {
     "seed": (int, -(2**63), 2**63 - 1),
     "top_logprobs": (int, 0, 20),
     "n": (int, 1, 128),
+    "min_tokens": (int, 0, 1_000_000),
+    "length_penalty": (float, -10.0, 10.0),
 }
+# vLLM extensions that only shape this request's own output and are bounded by the tenant's token
+# limits: passed through after type checks. Booleans, then lists: name -> (item kind, max items).
+FLAGS = frozenset(
+    {
+        "ignore_eos",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+        "include_stop_str_in_output",
+        "return_tokens_as_token_ids",
+    }
+)
+LISTS: dict[str, tuple[type, int]] = {
+    "stop_token_ids": (int, 64),
+    "bad_words": (str, 64),
+    "allowed_token_ids": (int, 4096),
+}
+MAX_LOGIT_BIAS = 300
+ALLOW_TOOLS = ToolPolicy()
 OTHER_ALLOWED = frozenset(
     {
         "model",
@@ -165,8 +187,7 @@ def _check_messages(value: object, limits: Limits) -> list[dict[str, Any]]:
     return out
 
 
-def parse_chat_request(body: object, limits: Limits) -> ChatRequest:
-    """Validate a decoded JSON body; raise ApiError naming the offending field."""
+def _check_keys(body: object, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.", None)
     for key in body:
@@ -174,12 +195,15 @@ def parse_chat_request(body: object, limits: Limits) -> ChatRequest:
             raise _bad("Field names must be strings.", None)
         if key in FORBIDDEN or key.lower() in FORBIDDEN:
             raise ApiError("forbidden_parameter", f"The field `{key}` may not be set.", param=key)
-        if key not in OTHER_ALLOWED and key not in NUMERIC:
+        if key not in allowed and key not in NUMERIC and key not in FLAGS and key not in LISTS:
             raise _bad(f"Unrecognized request argument supplied: {key}", key)
     alias = body.get("model")
     if not isinstance(alias, str) or not alias:
         raise _bad("`model` must be a non-empty string.", "model")
-    messages = _check_messages(body.get("messages"), limits)
+    return body
+
+
+def _check_stream(body: dict[str, Any]) -> tuple[bool, bool]:
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -194,6 +218,11 @@ def parse_chat_request(body: object, limits: Limits) -> ChatRequest:
         if not isinstance(value, bool):
             raise _bad("`include_usage` must be a boolean.", "stream_options.include_usage")
         include_usage = value
+    return stream, include_usage
+
+
+def _common_fields(body: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Sampling, stop, logit bias and the vLLM output extensions shared by chat and completions."""
     fields: dict[str, Any] = {}
     for name, (kind, low, high) in NUMERIC.items():
         if name not in body or body[name] is None:
@@ -205,7 +234,23 @@ def parse_chat_request(body: object, limits: Limits) -> ChatRequest:
         fields[name] = value
     if fields.get("n", 1) > limits.max_n:
         raise _bad(f"`n` may be at most {limits.max_n}.", "n")
-    max_tokens = _check_max_tokens(body, limits)
+    for name in FLAGS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            raise _bad(f"`{name}` must be a boolean.", name)
+        fields[name] = value
+    for name, (item, most) in LISTS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        good = _is_int if item is int else (lambda v: isinstance(v, str) and 0 < len(v) <= 256)
+        if not isinstance(value, list) or len(value) > most or not all(good(v) for v in value):
+            raise _bad(f"`{name}` must be a list of at most {most} {item.__name__}s.", name)
+        if item is int and any(v < 0 for v in value):
+            raise _bad(f"`{name}` holds token ids (non-negative).", name)
+        fields[name] = value
     stop = body.get("stop")
     if stop is not None:
         if isinstance(stop, str):
@@ -217,9 +262,37 @@ def parse_chat_request(body: object, limits: Limits) -> ChatRequest:
         ):
             raise _bad("`stop` must be a string or up to 4 strings.", "stop")
         fields["stop"] = stop
+    bias = body.get("logit_bias")
+    if bias is not None:
+        if not isinstance(bias, dict) or len(bias) > MAX_LOGIT_BIAS:
+            raise _bad(f"`logit_bias` maps at most {MAX_LOGIT_BIAS} token ids.", "logit_bias")
+        for token, value in bias.items():
+            if not (token.isascii() and token.isdigit() and len(token) <= 9):
+                raise _bad("`logit_bias` keys are token ids.", "logit_bias")
+            if not _is_number(value) or not -100 <= value <= 100:
+                raise _bad("`logit_bias` values are numbers between -100 and 100.", "logit_bias")
+        if bias:
+            fields["logit_bias"] = bias
+    return fields
+
+
+def _check_user(body: dict[str, Any]) -> str | None:
     user = body.get("user")
     if user is not None and (not isinstance(user, str) or len(user) > 256):
         raise _bad("`user` must be a string of at most 256 characters.", "user")
+    return user
+
+
+def parse_chat_request(body: object, limits: Limits) -> ChatRequest:
+    """Validate a decoded JSON body; raise ApiError naming the offending field."""
+    body = _check_keys(body, OTHER_ALLOWED)
+    alias = body["model"]
+    messages = _check_messages(body.get("messages"), limits)
+    stream, include_usage = _check_stream(body)
+    fields = _common_fields(body, limits)
+    max_tokens = _check_max_tokens(body, limits)
+    _check_min_tokens(fields, max_tokens)
+    user = _check_user(body)
     if body.get("logprobs") is not None:
         if not isinstance(body["logprobs"], bool):
             raise _bad("`logprobs` must be a boolean.", "logprobs")
@@ -233,9 +306,8 @@ def parse_chat_request(body: object, limits: Limits) -> ChatRequest:
                 "response_format",
             )
         fields["response_format"] = response_format
-    for name in ("tools", "tool_choice", "parallel_tool_calls", "logit_bias"):
-        if body.get(name) is not None:
-            raise _bad(f"`{name}` is not supported by this gateway.", name)
+    fields.update(check_tools(body))
+    check_tool_history(messages)
     return ChatRequest(
         alias=alias,
         messages=messages,
@@ -245,6 +317,11 @@ def parse_chat_request(body: object, limits: Limits) -> ChatRequest:
         user=user,
         fields=fields,
     )
+
+
+def _check_min_tokens(fields: dict[str, Any], max_tokens: int | None) -> None:
+    if max_tokens is not None and fields.get("min_tokens", 0) > max_tokens:
+        raise _bad("`min_tokens` may not exceed `max_tokens`.", "min_tokens")
 
 
 def _check_max_tokens(body: dict[str, Any], limits: Limits) -> int | None:
@@ -275,6 +352,8 @@ class Rendering:
     response_schema: dict[str, Any] | None
     cache_salt: str
     max_tokens_cap: int | None
+    tools: ToolPolicy = ALLOW_TOOLS
+    completions: str = "prefix"  # how /v1/completions applies the system prompt, or "refuse"
 
 
 def render_engine_body(request: ChatRequest, rendering: Rendering) -> dict[str, Any]:
@@ -282,13 +361,32 @@ def render_engine_body(request: ChatRequest, rendering: Rendering) -> dict[str, 
     messages = request.messages
     if rendering.system_prompt:
         messages = [{"role": "system", "content": rendering.system_prompt}, *messages]
+    apply_tool_policy(request.fields, rendering.tools)
+    body = _base_body(request, rendering)
+    body["messages"] = messages
+    choice = request.fields.get("tool_choice")
+    forced_call = choice == "required" or isinstance(choice, dict)
+    # The release's schema governs content; a forced tool call has none (its arguments follow
+    # the tool's own parameters schema).
+    if rendering.response_schema is not None and not forced_call:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "release_schema", "schema": rendering.response_schema},
+        }
+    if request.stream:
+        body["stream"] = True
+        # Always ask for usage: the gateway meters tokens; the chunk is dropped if not requested.
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _base_body(request: ChatRequest, rendering: Rendering) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for key, value in rendering.defaults.items():
-        if key in NUMERIC or key in {"stop", "max_tokens"}:
+        if key in NUMERIC or key in FLAGS or key in {"stop", "max_tokens"}:
             body[key] = value
     body.update(request.fields)
     body["model"] = rendering.engine_model
-    body["messages"] = messages
     body["cache_salt"] = rendering.cache_salt
     max_tokens = request.max_tokens
     if max_tokens is None:
@@ -298,13 +396,4 @@ def render_engine_body(request: ChatRequest, rendering: Rendering) -> dict[str, 
         body.pop("max_tokens", None)
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
-    if rendering.response_schema is not None:
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "release_schema", "schema": rendering.response_schema},
-        }
-    if request.stream:
-        body["stream"] = True
-        # Always ask for usage: the gateway meters tokens; the chunk is dropped if not requested.
-        body["stream_options"] = {"include_usage": True}
     return body

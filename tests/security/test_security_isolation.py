@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -22,7 +23,11 @@ from tests.fixtures.inprocess import InProcessFactory, InProcessGateway
 
 N_TENANTS = 10
 CONCURRENCY = 32
-SMUGGLED = ("lora_request", "lora_path", "extra_body", "LoRA_Path", "cache_salt", "lora_name")
+SMUGGLED = ("lora_request", "lora_path", "extra_body", "LoRA_Path", "cache_salt", "lora_name",
+            "request_id", "priority", "kv_transfer_params", "chat_template")  # fmt: skip
+# The same attempts go to every tenant route that names a model: chat, text completions, and
+# (for the alias kinds) the model lookup.
+ROUTES = ("chat", "chat", "completions", "model")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Attempt:
     body: bytes
     params: dict[str, str]
     headers: dict[str, str]
+    route: str = "chat"  # "chat" | "completions" | "model"
 
 
 async def _seed(gw: InProcessGateway, adapters: tuple[str, ...]) -> list[SeededTenant]:
@@ -86,20 +92,27 @@ def _attempt(rng: random.Random, n: int) -> Attempt:
             params = {"model": target, "lora_request": target}
         elif kind == "header":
             headers = {"x-model": target, "openai-model": target, "x-lora": target}
-    body = orjson.dumps({"model": model, "messages": messages, "max_tokens": 2, **extra})
+    route = rng.choice(ROUTES)
+    if route == "model" and kind not in {"own", "foreign", "variant", "unknown"}:
+        route = "completions"
+    payload: dict[str, Any] = (
+        {"prompt": marker} if route == "completions" else {"messages": messages}
+    )
+    body = orjson.dumps({"model": model, **payload, "max_tokens": 2, **extra})
     if kind == "dup":
         # a second `model` key: whatever JSON parsers pick, the gateway must pick consistently
         body = body[:-1] + b',"model":' + orjson.dumps(f"bot{other}") + b"}"
         model = f"bot{other}"
-    return Attempt(caller, model, kind, body, params, headers)
+    return Attempt(caller, model, kind, body, params, headers, route)
 
 
 async def _send(gw: InProcessGateway, tenants: list[SeededTenant], a: Attempt) -> httpx.Response:
     headers = {"content-type": "application/json", **gw.bearer(tenants[a.caller].api_key)}
     headers.update(a.headers)
-    return await gw.client.post(
-        "/v1/chat/completions", content=a.body, params=a.params, headers=headers
-    )
+    if a.route == "model":
+        return await gw.client.get("/v1/models/" + quote(a.model, safe=""), headers=headers)
+    path = "/v1/completions" if a.route == "completions" else "/v1/chat/completions"
+    return await gw.client.post(path, content=a.body, params=a.params, headers=headers)
 
 
 async def _run_isolation(gw: InProcessGateway, adapters: tuple[str, ...], total: int) -> None:
@@ -119,7 +132,7 @@ async def _run_isolation(gw: InProcessGateway, adapters: tuple[str, ...], total:
     # the engine side: every request it saw carries an adapter the caller owns
     served_at_engine: dict[int, str] = {}
     for body in gw.engine.requests:
-        content = body["messages"][-1]["content"]
+        content = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
         n = int(content.removeprefix("req-"))
         served_at_engine[n] = body["model"]
     violations = [
@@ -135,7 +148,11 @@ async def _run_isolation(gw: InProcessGateway, adapters: tuple[str, ...], total:
         assert r is not None
         statuses[(a.kind, r.status_code)] += 1
         mine = own_alias.match(a.model) and a.model in {"chat", f"bot{a.caller}"}
-        if r.status_code == 200:
+        if r.status_code == 200 and a.route == "model":
+            assert mine, (a, r.text)
+            assert r.json()["id"] == a.model
+            assert n not in served_at_engine
+        elif r.status_code == 200:
             assert mine, (a, r.text)
             assert r.json()["model"] == a.model  # the alias, never an engine name
             assert n in served_at_engine
@@ -149,7 +166,11 @@ async def _run_isolation(gw: InProcessGateway, adapters: tuple[str, ...], total:
         if a.kind in {"foreign", "variant", "unknown"} or (a.kind == "dup" and not mine):
             assert r.status_code == 404, (a, r.text)
     # foreign aliases answer byte for byte as aliases nobody has
-    foreign = [(a, r) for a, r in zip(attempts, results, strict=True) if a.kind == "foreign"]
+    foreign = [
+        (a, r)
+        for a, r in zip(attempts, results, strict=True)
+        if a.kind == "foreign" and a.route == "chat"
+    ]
     for a, r in foreign[:200]:
         assert r is not None
         ghost = a.model.replace("bot", "zzz")
@@ -162,6 +183,10 @@ async def _run_isolation(gw: InProcessGateway, adapters: tuple[str, ...], total:
         )
     assert statuses[("own", 200)] > 0
     assert statuses[("foreign", 404)] > 0
+    routes = Counter((a.route, r.status_code) for a, r in zip(attempts, results, strict=True)
+                     if r is not None)  # fmt: skip
+    assert min(routes[(route, 200)] for route in ("chat", "completions", "model")) > 0, routes
+    assert min(routes[(route, 404)] for route in ("chat", "completions", "model")) > 0, routes
 
 
 async def test_s1_no_request_reaches_another_tenants_adapter(
