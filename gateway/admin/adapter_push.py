@@ -37,6 +37,12 @@ from adapters.errors import ArtifactError
 from adapters.objectstore import S3Store, digest_hex, digest_relpath
 from adapters.push import unpack
 from gateway.admin.routes import ActorDep, StateDep, _name
+from gateway.admin.schemas import (
+    AdapterPushPublic,
+    AdapterVersionListedPublic,
+    PromptVersionListedPublic,
+    ReleaseListedPublic,
+)
 from gateway.errors import ApiError
 from gateway.settings import Settings
 from registry.models import AdapterVersion, PromptVersion
@@ -117,7 +123,7 @@ def _stage(
 @router.post("/tenants/{tenant}/adapters/{adapter}/uploads", status_code=201)
 async def push_adapter(
     tenant: str, adapter: str, request: Request, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> AdapterPushPublic:
     _name(tenant, "tenant id")
     _name(adapter, "adapter name")
     settings = state.settings
@@ -151,7 +157,7 @@ async def push_adapter(
     version = await state.store.register_adapter_version(
         tenant, adapter, info, metadata={"source": "push", "skipped": list(skipped)}, actor=actor
     )
-    return {**version.model_dump(), "ref": version.ref, "skipped": list(skipped)}
+    return AdapterPushPublic(**version.model_dump(), skipped=list(skipped))
 
 
 def _users(snapshot: RegistryState, tenant: str) -> dict[str, list[dict[str, Any]]]:
@@ -172,13 +178,13 @@ async def _snapshot(state: Any) -> RegistryState:
 
 
 @router.get("/tenants/{tenant}/releases")
-async def list_releases(tenant: str, state: StateDep, actor: ActorDep) -> list[dict[str, Any]]:
+async def list_releases(tenant: str, state: StateDep, actor: ActorDep) -> list[ReleaseListedPublic]:
     _name(tenant, "tenant id")
     snapshot = await _snapshot(state)
     users = _users(snapshot, tenant)
     rows = [r for (t, _), r in snapshot.releases.items() if t == tenant]
     return [
-        {**r.model_dump(), "used_by": users.get(r.id, [])}
+        ReleaseListedPublic(**r.model_dump(), used_by=users.get(r.id, []))
         for r in sorted(rows, key=lambda r: (r.alias, r.created_at, r.id))
     ]
 
@@ -186,17 +192,19 @@ async def list_releases(tenant: str, state: StateDep, actor: ActorDep) -> list[d
 @router.get("/tenants/{tenant}/adapters")
 async def list_adapter_versions(
     tenant: str, state: StateDep, actor: ActorDep
-) -> list[dict[str, Any]]:
+) -> list[AdapterVersionListedPublic]:
     _name(tenant, "tenant id")
-    return await _versions(state, tenant, "adapter")
+    rows = await _versions(state, tenant, "adapter")
+    return [AdapterVersionListedPublic(**row) for row in rows]
 
 
 @router.get("/tenants/{tenant}/prompts")
 async def list_prompt_versions(
     tenant: str, state: StateDep, actor: ActorDep
-) -> list[dict[str, Any]]:
+) -> list[PromptVersionListedPublic]:
     _name(tenant, "tenant id")
-    return await _versions(state, tenant, "prompt")
+    rows = await _versions(state, tenant, "prompt")
+    return [PromptVersionListedPublic(**row) for row in rows]
 
 
 async def _versions(state: Any, tenant: str, kind: str) -> list[dict[str, Any]]:

@@ -28,12 +28,16 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from gateway.admin.schemas import (
+    AdapterPushPublic,
+    AdapterVersionListedPublic,
     AdapterVersionPublic,
     AliasPublic,
     AuditEntryPublic,
     EvalReportPublic,
     KeyPublic,
+    PromptVersionListedPublic,
     PromptVersionPublic,
+    ReleaseListedPublic,
     ReleasePublic,
     TenantDetailPublic,
     TenantPublic,
@@ -91,10 +95,6 @@ def _models(model: type[M]) -> Callable[[Any], list[M]]:
 
 def _nothing(data: Any) -> None:
     return None
-
-
-def _json(data: Any) -> Any:
-    return data
 
 
 def _given(**fields: Any) -> dict[str, Any]:
@@ -286,12 +286,19 @@ def upload_adapter(
         "x-loragate-digest": digest,
     }
     path = f"/tenants/{tenant}/adapters/{name}/uploads"
-    return AdminCall("POST", path, _json, content=tar, headers=headers)
+    return AdminCall("POST", path, _model(AdapterPushPublic), content=tar, headers=headers)
 
 
-def list_versions(tenant: str, kind: Literal["adapters", "prompts", "releases"]) -> AdminCall[Any]:
-    """A tenant's adapter versions, prompt versions or releases, each with what uses it."""
-    return AdminCall("GET", f"/tenants/{tenant}/{kind}", _json)
+def list_adapter_versions(tenant: str) -> AdminCall[list[AdapterVersionListedPublic]]:
+    return AdminCall("GET", f"/tenants/{tenant}/adapters", _models(AdapterVersionListedPublic))
+
+
+def list_prompt_versions(tenant: str) -> AdminCall[list[PromptVersionListedPublic]]:
+    return AdminCall("GET", f"/tenants/{tenant}/prompts", _models(PromptVersionListedPublic))
+
+
+def list_releases(tenant: str) -> AdminCall[list[ReleaseListedPublic]]:
+    return AdminCall("GET", f"/tenants/{tenant}/releases", _models(ReleaseListedPublic))
 
 
 # -- the clients ----------------------------------------------------------------------------------

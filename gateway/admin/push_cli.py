@@ -72,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
             print(data["ref"])
         return 0
     kind = action.removesuffix("-list")
-    data = cli._send(args, api.list_versions(args.tenant, kind))
+    lists: dict[str, Callable[[str], api.AdminCall[Any]]] = {
+        "adapters": api.list_adapter_versions,
+        "prompts": api.list_prompt_versions,
+        "releases": api.list_releases,
+    }
+    data = cli._send(args, lists[kind](args.tenant))
     columns = {
         "adapters": ["ref", "digest", "rank", "size_bytes", "used_by"],
         "prompts": ["ref", "created_at", "used_by"],

@@ -25,6 +25,7 @@ from registry.models import (
     NAME_PATTERN,
     AdapterVersion,
     Alias,
+    Arm,
     Flags,
     HistoryEntry,
     Limits,
@@ -243,6 +244,40 @@ class PromptVersionPublic(PromptVersion):
 
 class ReleasePublic(Release):
     release: str  # the release id again, under the name the rollout routes take
+
+
+class AdapterPushPublic(AdapterVersionPublic):
+    skipped: list[str]  # trainer files left out of the stored artifact (tokenizer, README, ...)
+
+
+class AliasArmPublic(Public):
+    alias: str
+    arm: Arm
+
+
+class ReleaseUserPublic(Public):
+    release: str
+    aliases: list[AliasArmPublic]
+
+
+class AdapterVersionListedPublic(AdapterVersionPublic):
+    used_by: list[ReleaseUserPublic]
+
+
+class PromptVersionListedPublic(Public):
+    """A prompt version without its system prompt (list views stay small), and its users."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    tenant: str
+    name: str
+    version: int
+    ref: str
+    created_at: float
+    used_by: list[ReleaseUserPublic]
+
+
+class ReleaseListedPublic(Release):
+    used_by: list[AliasArmPublic]
 
 
 class CaseResultPublic(Public):

@@ -58,7 +58,7 @@ CHECKS = (
     "unsupported_method",
     "allow_header_conformance",
 )
-OPERATIONS = 21  # 4 tenant + 17 admin
+OPERATIONS = 25  # 4 tenant + 21 admin
 
 
 class Tally:

@@ -8,4 +8,4 @@ from tests.fixtures.tiers import mark_tier
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    mark_tier(items, __file__, "unit", timeout_s=10)
+    mark_tier(items, __file__, "unit", timeout_s=30)

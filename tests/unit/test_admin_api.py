@@ -12,6 +12,7 @@ import pytest
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
+from gateway.admin import adapter_push
 from gateway.admin import client as api
 from gateway.admin import routes as admin_api
 from gateway.app import create_app
@@ -37,12 +38,16 @@ CALLS: list[api.AdminCall[Any]] = [
     api.rollback("acme", "chat", "bad answers"),
     api.set_flags("acme", "chat", kill_switch=True),
     api.audit("acme", 10),
+    api.upload_adapter("acme", "lora", [b""], size=0, digest="sha256:00"),
+    api.list_adapter_versions("acme"),
+    api.list_prompt_versions("acme"),
+    api.list_releases("acme"),
 ]
 
 
 def _routes() -> set[tuple[str, str]]:
     out = set()
-    for route in admin_api.router.routes:
+    for route in [*admin_api.router.routes, *adapter_push.router.routes]:
         assert isinstance(route, APIRoute)
         pattern = re.sub(r"\{[^}]+\}", "[^/]+", route.path.removeprefix(api.PREFIX))
         out |= {(method, pattern) for method in route.methods or ()}
