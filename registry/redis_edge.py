@@ -16,6 +16,12 @@ Redis configuration the registry needs (the demo and the tests start redis-serve
   snapshot (`regressed`) rather than silently serving older data.
 - `maxmemory-policy noeviction`: evicting a tenant or key hash would silently delete tenants;
   with noeviction Redis refuses writes instead (RegistryUnavailable-like errors), never loses data.
+- Behind Sentinel (`redis+sentinel://`, registry/redis_client.py): `wait_replicas` (1 by default
+  there) makes each write wait (`WAIT`, on the same connection) until that many replicas hold it;
+  fewer within `wait_timeout_ms` raises RegistryUnavailable (503: the write may or may not have
+  happened, it was not acknowledged). Sentinel promotes the replica with the highest replication
+  offset, so an acknowledged write survives the master's loss; it is lost only if the master and
+  every replica that acknowledged it are lost together.
 
 The operations (tenants, keys, versions, releases, aliases) are `registry.store.RegistryStore`.
 """
@@ -57,6 +63,8 @@ class RedisEdge:
         keyspace: Keyspace | None = None,
         clock: Callable[[], float] = time.time,
         audit_maxlen: int = 100_000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
     ) -> None:
         self._redis = redis
         self._secret = secret
@@ -64,6 +72,8 @@ class RedisEdge:
         self.keyspace = keyspace or Keyspace()
         self._clock = clock
         self._audit_maxlen = audit_maxlen
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         lua = resources.files("registry").joinpath("write.lua").read_text()
         self._script = redis.register_script(lua)
 
@@ -104,7 +114,18 @@ class RedisEdge:
         args: list[bytes | str | int] = [
             spec.to_json(audit), ks.channel, self._audit_maxlen, "1" if tenant else "0",
         ]  # fmt: skip
-        result = await self._script(keys=keys, args=args)
+        if self._wait_replicas <= 0:
+            result = await self._script(keys=keys, args=args)
+        else:  # WAIT counts the writes of its own connection: one pipeline, one connection
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._script(keys=keys, args=args, client=pipe)
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+                result, acked = await pipe.execute()
+            if int(acked) < self._wait_replicas:
+                raise RegistryUnavailable(
+                    f"write reached {int(acked)} of {self._wait_replicas} replica(s) within "
+                    f"{self._wait_timeout_ms} ms; not acknowledged"
+                )
         status = text(result[0])
         if status != "ok":
             raise spec.failures[int(result[1]) - 1]
