@@ -70,6 +70,8 @@ async def watch_engines(replicas: Sequence[_Replica], grace_s: float, every_s: f
         seen.update(r.name for r in replicas if r.healthy)
         await asyncio.sleep(every_s)
     seen.update(r.name for r in replicas if r.healthy)
+    if len(seen) == len(replicas):
+        log.info("every engine healthy", extra={"fields": {"engines": len(replicas)}})
     for replica in replicas:
         if replica.name not in seen:
             log.error(
