@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from registry.errors import NotFound, RegistryUnavailable
@@ -45,6 +46,10 @@ from registry.keyspace import Keyspace
 from registry.refs import check_name
 from registry.state import RegistryState, parse_state
 from registry.writes import WriteSpec
+
+# Refusals of a master that is failing over or lacks replicas (`min-replicas-to-write`), or of a
+# node that is no longer the master: the registry is unavailable for now, not broken.
+_UNAVAILABLE_REPLIES = ("NOREPLICAS", "MASTERDOWN", "READONLY")
 
 
 def text(raw: bytes | str) -> str:
@@ -91,6 +96,10 @@ class RedisEdge:
             if isinstance(exc, TimeoutError):
                 raise RegistryUnavailable(f"registry timed out after {self._timeout}s") from exc
             raise RegistryUnavailable(f"registry unreachable: {type(exc).__name__}") from exc
+        except ResponseError as exc:  # in a pipeline, the reply comes after "Command # n ..."
+            if any(reply in str(exc) for reply in _UNAVAILABLE_REPLIES):
+                raise RegistryUnavailable("registry refused the write: no writable master") from exc
+            raise
 
     async def _write(
         self,
