@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -40,6 +41,11 @@ def _chat_loop(
                 headers=auth(key),
             )  # fmt: skip
             out.append(r.status_code)
+
+
+def _subscribers(client: redis.Redis) -> int:
+    reply: Any = client.pubsub_numsub(Keyspace().channel)
+    return int(reply[0][1])
 
 
 def _holds(gw: GatewayProcess, epoch: int) -> Callable[[], bool]:
@@ -98,10 +104,12 @@ def test_r11_sentinel_failover_under_traffic(
     client = redis.Redis(port=new_master, socket_timeout=2)
     try:
         epoch = int(client.get(Keyspace().epoch) or 0)
+        for gw in gateways:
+            wait_for(_holds(gw, epoch), 10, "every gateway follows the new master")
+        # Each gateway's snapshot watcher listens on the new master again.
+        wait_for(lambda: _subscribers(client) == len(gateways), 20, "watchers resubscribed")
     finally:
         client.close()
-    for gw in gateways:
-        wait_for(_holds(gw, epoch), 10, "every gateway follows the new master")
     lost = [tid for tid in acked if first.admin.get(f"/tenants/{tid}").status_code != 200]
     codes = sorted({s for s, _ in admin})
     slowest = max(took for _, took in admin)
