@@ -150,7 +150,7 @@ def test_every_rule_evaluates_cleanly(
         if all(r["health"] == "ok" for r in rules) or time.monotonic() > deadline:
             break
         time.sleep(0.25)
-    assert len(rules) == 44
+    assert len(rules) == 46
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     # The recorded P95 per tenant, model, release and arm exists for all four combinations.
     expr = "tenant_model_release_arm:loragate_request_duration_seconds:p95_5m"
