@@ -62,6 +62,10 @@ def write_null_adapter(base_model_dir: Path, out_dir: Path, *, base_model_id: st
     out_dir = out_dir.resolve()
     if _holds(out_dir, files):
         return out_dir
+    if out_dir.exists() and not {p.name for p in out_dir.iterdir()} <= set(files):
+        # Never replace anything but an older zero adapter (an --out of the store root would
+        # otherwise take every tenant's adapters with it).
+        raise ValueError(f"{out_dir} exists and holds more than a zero adapter: not replacing it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".null-", dir=out_dir.parent))
     try:

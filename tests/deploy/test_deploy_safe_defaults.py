@@ -14,7 +14,7 @@ import yaml
 
 from adapters.nulladapter import write_null_adapter
 from gateway.settings import Settings
-from tests.fixtures.manifests import DEPLOY, OVERLAYS, Rendered, container_env, expand, interpolate
+from tests.fixtures.manifests import DEPLOY, OVERLAYS, Rendered, container_env, interpolate
 
 COMPOSE_ENV = {
     "REDIS_PASSWORD": "r",
@@ -28,10 +28,6 @@ COMPOSE_ENV = {
 def _compose(env: dict[str, str] = COMPOSE_ENV) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(interpolate((DEPLOY / "compose.yaml").read_text(), env))
     return data
-
-
-def _flags(args: list[str]) -> dict[str, str]:
-    return dict(a.partition("=")[::2] for a in args if a.startswith("--"))
 
 
 def _validates(tmp_path: Path, config: str, gateway_env: dict[str, str], rel: str) -> None:
@@ -61,18 +57,37 @@ def test_k8s_overlays_create_and_configure_the_zero_adapter(
     (init,) = [c for c in spec["initContainers"] if c["name"] == "base-adapter"]
     assert init["image"] == spec["containers"][0]["image"]
     env = container_env(rendered, name, init)
-    flags = _flags([expand(a, env) for a in init["args"]])
-    assert init["args"][:2] == ["adapters", "null"]
-    assert flags["--out"] == f"{gateway['LORAGATE_ADAPTER_STORE']}/{rel}"
-    assert flags["--base-model-id"] == gateway["LORAGATE_BASE_MODEL"]
+    assert (env["LORAGATE_BASE_ADAPTER"], env["LORAGATE_BASE_MODEL"]) == (
+        rel,
+        gateway["LORAGATE_BASE_MODEL"],
+    )
+    (script,) = init["args"]
+    assert script.startswith('[ -z "$LORAGATE_BASE_ADAPTER" ] || exec loragate adapters null ')
+    assert '--out "/adapters/$LORAGATE_BASE_ADAPTER"' in script
+    assert gateway["LORAGATE_ADAPTER_STORE"] == "/adapters"
     mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
-    assert not mounts[gateway["LORAGATE_ADAPTER_STORE"]].get("readOnly", False)
+    assert not mounts["/adapters"].get("readOnly", False)
     gateway_mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
-    assert gateway_mounts[gateway["LORAGATE_ADAPTER_STORE"]]["readOnly"] is True
+    assert gateway_mounts["/adapters"]["readOnly"] is True
     volumes = {v["name"]: v for v in spec["volumes"]}
-    config_map = volumes[mounts[flags["--base"]]["name"]]["configMap"]["name"]
+    config_map = volumes[mounts["/base-model"]["name"]]["configMap"]["name"]
     config = rendered.one(name, "ConfigMap", config_map)["data"]["config.json"]
     _validates(tmp_path, config, gateway, rel)
+
+
+def test_the_zero_adapter_never_replaces_a_directory_of_adapters(tmp_path: Path) -> None:
+    """A mistaken --out (the store root) must not take every tenant's adapters with it."""
+    base = tmp_path / "base-model"
+    base.mkdir()
+    (base / "config.json").write_text((DEPLOY / "k8s/base/base-model-config.json").read_text())
+    store = tmp_path / "adapters"
+    (store / "acme" / "lora-v1").mkdir(parents=True)
+    with pytest.raises(ValueError, match="more than a zero adapter"):
+        write_null_adapter(base, store, base_model_id="m")
+    assert (store / "acme" / "lora-v1").is_dir()
+    out = write_null_adapter(base, store / "base" / "null", base_model_id="m")
+    again = write_null_adapter(base, out, base_model_id="m")  # idempotent
+    assert again == out
 
 
 def test_cpu_dev_zero_adapter_has_the_baked_models_shape(rendered: Rendered) -> None:
