@@ -32,6 +32,12 @@ _ROUTE_MISSING = (
 )
 
 
+def engine_headers(api_key: str) -> dict[str, str]:
+    """Headers every engine call carries: vLLM started with `--api-key` (or VLLM_API_KEY) refuses
+    /v1/* without them. The gateway sets them once, on the session its engine calls share."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def _message(status: int, body: str) -> str:
     """The engine's own error message, from vLLM's nested envelope or FastAPI's `detail`."""
     try:
@@ -137,6 +143,11 @@ async def list_adapters(
             status, body = resp.status, await resp.text()
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise EngineUnavailable(f"engine unreachable at {url}: {type(exc).__name__}") from exc
+    if status == 401:
+        raise EngineUnavailable(
+            "engine refused GET /v1/models (401): LORAGATE_ENGINE_API_KEY must be the engines' "
+            "--api-key"
+        )
     if status != 200:
         raise EngineUnavailable(f"engine answered {status} to GET /v1/models")
     try:

@@ -77,6 +77,9 @@ class EngineProcess:
     tool_call_parser: str | None = "pythonic"
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The engine refuses /v1/* without `Authorization: Bearer <api_key>` (vLLM's --api-key, given
+    # as VLLM_API_KEY so it stays out of the process list); /health and /metrics stay open.
+    api_key: str = field(default="", repr=False)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _pgid: int | None = field(default=None, init=False, repr=False)
 
@@ -130,6 +133,8 @@ class EngineProcess:
             DO_NOT_TRACK="1",
             PYTHONUNBUFFERED="1",
         )
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
         env.update(self.extra_env)
         return env
 

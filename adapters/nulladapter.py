@@ -55,9 +55,17 @@ def null_adapter_files(base_model_dir: Path, *, base_model_id: str) -> dict[str,
 
 
 def write_null_adapter(base_model_dir: Path, out_dir: Path, *, base_model_id: str) -> Path:
-    """Write (atomically: a sibling temp dir renamed into place) and return `out_dir`."""
+    """Write (atomically: a sibling temp dir renamed into place) and return `out_dir`. Already
+    there with the same bytes: left alone, so every gateway replica's init step can run it at once
+    on the shared volume (a concurrent writer that wins the rename wrote the same files)."""
     files = null_adapter_files(base_model_dir, base_model_id=base_model_id)
     out_dir = out_dir.resolve()
+    if _holds(out_dir, files):
+        return out_dir
+    if out_dir.exists() and not {p.name for p in out_dir.iterdir()} <= set(files):
+        # Never replace anything but an older zero adapter (an --out of the store root would
+        # otherwise take every tenant's adapters with it).
+        raise ValueError(f"{out_dir} exists and holds more than a zero adapter: not replacing it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".null-", dir=out_dir.parent))
     try:
@@ -66,7 +74,18 @@ def write_null_adapter(base_model_dir: Path, out_dir: Path, *, base_model_id: st
             (tmp / name).write_bytes(content)
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        try:
+            tmp.rename(out_dir)
+        except OSError:
+            if not _holds(out_dir, files):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _holds(out_dir: Path, files: dict[str, bytes]) -> bool:
+    try:
+        return all((out_dir / name).read_bytes() == content for name, content in files.items())
+    except OSError:
+        return False

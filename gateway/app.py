@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
+from adapters.engine_client import engine_headers
 from adapters.errors import AdapterError
 from gateway.admin import adapter_push
 from gateway.admin import routes as admin_api
@@ -33,6 +34,7 @@ from gateway.engines.pool import EnginePool, PoolConfig
 from gateway.engines.upstream import Upstream
 from gateway.errors import ApiError, from_domain
 from gateway.limits.limiter import Limiter
+from gateway.observability import startup
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Tracing
 from gateway.observability.windows import Windows
@@ -48,10 +50,12 @@ from gateway.state import AppState
 from registry.errors import RegistryError
 from registry.limits import LimitStore
 from registry.models import AdapterVersion
+from registry.redis_client import Close, redis_client
 from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
 
 log = logging.getLogger("loragate")
+VERSION = startup.version()
 CHAT_PATH = "/v1/chat/completions"
 RAW_ROUTES = {CHAT_PATH: handle_chat, COMPLETIONS_PATH: handle_completions}
 
@@ -71,19 +75,12 @@ class Gateway(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def _redis_client(settings: Settings, url: str) -> aioredis.Redis:
+def _redis_client(settings: Settings, url: str) -> tuple[aioredis.Redis, Close]:
     """A bounded pool that makes callers wait for a connection (within the call's own timeout)
-    instead of failing: a burst of limited-tenant admissions must queue, not fall back."""
-    budget = settings.redis_timeout_s * 4
-    return aioredis.Redis.from_pool(  # the client owns the pool: aclose() closes it
-        aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=settings.redis_max_connections,
-            timeout=budget,
-            socket_timeout=budget,
-            socket_connect_timeout=budget,
-            health_check_interval=5,
-        )
+    instead of failing: a burst of limited-tenant admissions must queue, not fall back. A
+    `redis+sentinel://` URL follows the master through failovers."""
+    return redis_client(
+        url, max_connections=settings.redis_max_connections, timeout=settings.redis_timeout_s * 4
     )
 
 
@@ -95,17 +92,23 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         secret = settings.key_hmac_secret.get_secret_value().encode()
         if not secret:
             raise RuntimeError("LORAGATE_KEY_HMAC_SECRET must be set")
-        redis = _redis_client(settings, settings.redis_url)
-        limits_redis = (
+        redis, close_redis = _redis_client(settings, settings.redis_url)
+        limits_redis, close_limits = (
             _redis_client(settings, settings.limits_redis_url)
             if settings.limits_redis_url and settings.limits_redis_url != settings.redis_url
-            else redis
+            else (redis, None)
         )
         # Admin writes, snapshot loads and the canary guard are off the request path: a burst of 50
-        # concurrent admin writers queues for more than one redis_timeout_s on a busy core and
-        # would get 503s (R7, tests/reliability/test_reliability_gateway.py), so they get the
-        # client's socket budget.
-        store = RegistryStore(redis, secret, timeout=max(settings.redis_timeout_s * 4, 0.05))
+        # concurrent admin writers queues for more than one redis_timeout_s on a busy core and got
+        # 503s (R7, tests/reliability/test_reliability_gateway.py), so they get the client's
+        # socket budget.
+        store = RegistryStore(
+            redis,
+            secret,
+            timeout=max(settings.redis_timeout_s * 4, 0.05) + settings.wait_replicas_s,
+            wait_replicas=settings.wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
         watcher = SnapshotWatcher(
             store,
             redis,
@@ -113,11 +116,17 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             max_staleness=settings.snapshot_max_staleness_s,
         )
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
-        session = aiohttp.ClientSession(connector=connector, json_serialize=_dumps)
+        # Every engine call (chat relay, LoRA load/unload, model list) goes through this session.
+        session = aiohttp.ClientSession(
+            connector=connector,
+            json_serialize=_dumps,
+            headers=engine_headers(settings.engine_api_key.get_secret_value()),
+        )
         metrics = GatewayMetrics(
             registry,
             currency=settings.currency,
             engines=[f"engine-{i}" for i in range(len(settings.engines))],
+            build={"version": VERSION, "revision": settings.build_revision},
         )
         engine_root = settings.engine_adapter_root or settings.adapter_store
         pool = EnginePool(
@@ -175,6 +184,13 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         metrics.set_snapshot_age_source(lambda: watcher.age_s)
         await pool.start()
         guard = canary.start_guard(state)
+        startup.log_started(settings, VERSION, registry_ok=watcher.redis_ok)
+        watch = asyncio.create_task(
+            startup.watch_engines(
+                pool.replicas, settings.startup_grace_s, settings.health_interval_s
+            ),
+            name="engine-startup-watch",
+        )
         # Everything built so far lives as long as the process: out of the collector's sight, a
         # full collection no longer walks it (measured: P95 at 4k req/s 54 ms -> 5 ms).
         gc.collect()
@@ -183,6 +199,8 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             yield
         finally:
             gc.unfreeze()
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             await canary.stop_guard(guard)
             await state.limiter.stop()
             await pool.stop()
@@ -190,14 +208,14 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             await session.close()
             if state.tracing is not None:
                 await asyncio.to_thread(state.tracing.shutdown)  # flushes queued spans
-            await redis.aclose()
-            if limits_redis is not redis:
-                await limits_redis.aclose()
+            await close_redis()
+            if close_limits is not None:
+                await close_limits()
             adapter_push.close_object_store(app)
 
     app = Gateway(
         title="loragate",
-        version="0.1.0",
+        version=VERSION,
         description="OpenAI-compatible multi-tenant LoRA gateway in front of vLLM.",
         lifespan=lifespan,
         # loragate exports its own metrics; OpenTelemetry hooks would cost time on every request.

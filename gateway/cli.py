@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -19,9 +18,12 @@ def _serve(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         settings = Settings.from_file(Path(args.config))
+    from gateway.observability.logs import configure_logging
+
     host = args.host or settings.host
     port = args.port or settings.port
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = settings.model_copy(update={"host": host, "port": port})
+    configure_logging(settings.log_format, settings.log_level)
     writer = None
     if settings.request_log:
         from gateway.observability.requestlog import start_writer
@@ -33,6 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=host,
             port=port,
             log_level="warning",
+            log_config=None,  # uvicorn's loggers go through loragate's one format
             access_log=False,  # the request log (LORAGATE_REQUEST_LOG) says more, as JSON
             proxy_headers=False,  # loragate never uses the client address; saves work per request
             server_header=False,

@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from adapters.artifact import ArtifactInfo, validate_artifact
 from adapters.objectstore import S3Config
 from registry.models import PriorityClass
+from registry.redis_url import is_sentinel
 
 
 class CanaryConfig(BaseModel):
@@ -61,21 +62,38 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # `redis://`, `rediss://` or, for a master that Sentinel fails over,
+    # `redis+sentinel://host:port[,host:port...]/<service>[/<db>]` (registry/redis_client.py).
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.25
     redis_max_connections: int = 128
+    # Registry writes wait (`WAIT`) until this many replicas hold them before they are
+    # acknowledged; unset: 1 behind Sentinel (an acknowledged write survives a failover), 0 on a
+    # single Redis. 0 behind Sentinel: a write acknowledged just before the master dies can be lost.
+    redis_wait_replicas: int | None = Field(default=None, ge=0)
+    redis_wait_timeout_ms: int = Field(default=500, ge=1)
     # Tenant limits (admission/settlement, 2 round trips per limited request) on a Redis of their
     # own: the registry's wants `appendfsync always`, per-second counters do not. Unset: redis_url.
     limits_redis_url: str | None = None
     # One JSON line per tenant request on stdout (ids, route, outcome, timings, tokens, cost;
     # never prompts, completions or keys): gateway/observability/requestlog.py.
     request_log: bool = False
+    # Every logger writes one JSON object per line ("json"); "text" is for a terminal.
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    # Exported as loragate_build_info{version, revision} (deploy annotations); the image sets it.
+    build_revision: str = "unknown"
+    # An engine not healthy once this long after start is logged (an error, once per engine).
+    startup_grace_s: float = Field(default=60.0, gt=0)
     admin_token: SecretStr = SecretStr("")
     key_hmac_secret: SecretStr = SecretStr("")
 
     # Engines: every replica serves one base model as `base_model` (vLLM --served-model-name).
     engines: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8001"])
     base_model: str = "smollm2-135m-instruct"
+    # Sent as `Authorization: Bearer` on every engine call (vLLM `--api-key` / VLLM_API_KEY): the
+    # engines' port also serves the LoRA load/unload routes. Empty: engines without a key.
+    engine_api_key: SecretStr = SecretStr("")
     max_lora_rank: int = 16
     max_loras: int = 2
     max_cpu_loras: int = 8
@@ -152,6 +170,17 @@ class Settings(BaseSettings):
 
     snapshot_max_staleness_s: float = 300.0
     snapshot_poll_interval_s: float = 0.5
+
+    @property
+    def wait_replicas(self) -> int:
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if is_sentinel(self.redis_url) else 0
+
+    @property
+    def wait_replicas_s(self) -> float:
+        """What WAIT may add to a registry write's time budget."""
+        return self.redis_wait_timeout_ms / 1000 if self.wait_replicas else 0.0
 
     def price_for(self, plan: str) -> Price:
         return self.prices.get(plan) or self.prices.get("default") or Price()

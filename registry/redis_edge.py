@@ -16,6 +16,12 @@ Redis configuration the registry needs (the demo and the tests start redis-serve
   snapshot (`regressed`) rather than silently serving older data.
 - `maxmemory-policy noeviction`: evicting a tenant or key hash would silently delete tenants;
   with noeviction Redis refuses writes instead (RegistryUnavailable-like errors), never loses data.
+- Behind Sentinel (`redis+sentinel://`, registry/redis_client.py): `wait_replicas` (1 by default
+  there) makes each write wait (`WAIT`, on the same connection) until that many replicas hold it;
+  fewer within `wait_timeout_ms` raises RegistryUnavailable (503: the write may or may not have
+  happened, it was not acknowledged). Sentinel promotes the replica with the highest replication
+  offset, so an acknowledged write survives the master's loss; it is lost only if the master and
+  every replica that acknowledged it are lost together.
 
 The operations (tenants, keys, versions, releases, aliases) are `registry.store.RegistryStore`.
 """
@@ -32,6 +38,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from registry.errors import NotFound, RegistryUnavailable
@@ -39,6 +46,10 @@ from registry.keyspace import Keyspace
 from registry.refs import check_name
 from registry.state import RegistryState, parse_state
 from registry.writes import WriteSpec
+
+# Refusals of a master that is failing over or lacks replicas (`min-replicas-to-write`), or of a
+# node that is no longer the master: the registry is unavailable for now, not broken.
+_UNAVAILABLE_REPLIES = ("NOREPLICAS", "MASTERDOWN", "READONLY")
 
 
 def text(raw: bytes | str) -> str:
@@ -57,6 +68,8 @@ class RedisEdge:
         keyspace: Keyspace | None = None,
         clock: Callable[[], float] = time.time,
         audit_maxlen: int = 100_000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
     ) -> None:
         self._redis = redis
         self._secret = secret
@@ -64,6 +77,8 @@ class RedisEdge:
         self.keyspace = keyspace or Keyspace()
         self._clock = clock
         self._audit_maxlen = audit_maxlen
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         lua = resources.files("registry").joinpath("write.lua").read_text()
         self._script = redis.register_script(lua)
 
@@ -81,6 +96,10 @@ class RedisEdge:
             if isinstance(exc, TimeoutError):
                 raise RegistryUnavailable(f"registry timed out after {self._timeout}s") from exc
             raise RegistryUnavailable(f"registry unreachable: {type(exc).__name__}") from exc
+        except ResponseError as exc:  # in a pipeline, the reply comes after "Command # n ..."
+            if any(reply in str(exc) for reply in _UNAVAILABLE_REPLIES):
+                raise RegistryUnavailable("registry refused the write: no writable master") from exc
+            raise
 
     async def _write(
         self,
@@ -104,7 +123,18 @@ class RedisEdge:
         args: list[bytes | str | int] = [
             spec.to_json(audit), ks.channel, self._audit_maxlen, "1" if tenant else "0",
         ]  # fmt: skip
-        result = await self._script(keys=keys, args=args)
+        if self._wait_replicas <= 0:
+            result = await self._script(keys=keys, args=args)
+        else:  # WAIT counts the writes of its own connection: one pipeline, one connection
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._script(keys=keys, args=args, client=pipe)
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+                result, acked = await pipe.execute()
+            if int(acked) < self._wait_replicas:
+                raise RegistryUnavailable(
+                    f"write reached {int(acked)} of {self._wait_replicas} replica(s) within "
+                    f"{self._wait_timeout_ms} ms; not acknowledged"
+                )
         status = text(result[0])
         if status != "ok":
             raise spec.failures[int(result[1]) - 1]

@@ -45,6 +45,7 @@ class RedisProcess:
     maxmemory_policy: str | None = None
     launcher: Sequence[str] = ()  # a command prefix, e.g. ("taskset", "-c", "1")
     log_name: str = "redis.log"
+    extra_args: tuple[str, ...] = ()  # e.g. --replicaof, --min-replicas-to-write
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -69,7 +70,7 @@ class RedisProcess:
         ]  # fmt: skip
         if self.maxmemory_policy is not None:
             args += ["--maxmemory-policy", self.maxmemory_policy]
-        return args
+        return [*args, *self.extra_args]
 
     def start(self, timeout: float = 10.0) -> None:
         """Launch and wait (bounded) until PING answers."""

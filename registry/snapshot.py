@@ -119,8 +119,10 @@ class SnapshotWatcher:
                     )
                 self.regressed = True
                 return
-            self.regressed = False
-            if new.epoch != self._state.epoch or accept_regression:
+            # Out of a regression, an equal epoch is not the same state: after a failover the new
+            # master numbers its own writes from where the replica stood.
+            was_regressed, self.regressed = self.regressed, False
+            if new.epoch != self._state.epoch or accept_regression or was_regressed:
                 self._state = new
                 if self.on_change is not None:
                     self.on_change(new)
@@ -138,7 +140,7 @@ class SnapshotWatcher:
         return True
 
     async def _sync_if_behind(self, epoch: int) -> None:
-        if epoch != self._state.epoch:
+        if epoch != self._state.epoch or self.regressed:
             await self.refresh()
         else:
             self._redis_ok = True

@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.engine",
     "tests.fixtures.redis",
+    "tests.fixtures.sentinel",
     "tests.fixtures.registry",
     "tests.fixtures.manifests",
     "tests.fixtures.prometheus",

@@ -22,6 +22,8 @@ from gateway.demo.panels import substitute as substitute_variables
 
 __all__ = [
     "BUILTIN_VARIABLES",
+    "VLLM_METRICS",
+    "iter_annotation_queries",
     "iter_dashboard_panels",
     "iter_panel_queries",
     "metric_names",
@@ -45,6 +47,25 @@ _MATCHERS = re.compile(r"\{[^}]*\}")
 _RANGE = re.compile(r"\[[^\]]*\]")
 _LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENT = re.compile(r"(?<![A-Za-z0-9_.:$])[A-Za-z_:][A-Za-z0-9_:]*")
+
+
+# vLLM's own metrics the engines dashboard reads, as vLLM 0.32.0 names them (tests/e2e/
+# test_engine_auth.py reads them off a real engine's /metrics).
+VLLM_METRICS = frozenset(
+    {
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:num_preemptions_total",
+        "vllm:lora_requests_info",
+    }
+)
+
+
+def iter_annotation_queries(path: Path) -> list[str]:
+    """The PromQL of every Prometheus annotation of one dashboard JSON file."""
+    dashboard = json.loads(path.read_text())
+    return [a["expr"] for a in dashboard.get("annotations", {}).get("list", []) if a.get("expr")]
 
 
 def iter_panel_queries(path: Path) -> list[str]:

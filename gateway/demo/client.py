@@ -29,6 +29,7 @@ class Demo:
     admin_token: str
     keys: dict[str, str]  # tenant id -> API key
     models: dict[str, str]  # tenant id -> first alias
+    engines: tuple[str, ...] = ()  # engine URLs (their /metrics feed the engines dashboard)
 
 
 def load_demo() -> Demo:
@@ -41,6 +42,7 @@ def load_demo() -> Demo:
         admin_token=data["admin_token"],
         keys={t["id"]: t["api_key"] for t in data["tenants"]},
         models={t["id"]: t["models"][0] for t in data["tenants"]},
+        engines=tuple(data.get("engines", [])),
     )
 
 

@@ -101,7 +101,9 @@ def observe_cmd(args: argparse.Namespace) -> int:
         t: admin.send(api.get_tenant(t)).limits.model_dump(mode="json")
         for t in (canary_tenant, other)
     }
-    prom = prometheus(exe, args.interval, [demo.url.removeprefix("http://")], RULES)
+    # The gateway and each engine's own /metrics.
+    targets = [u.removeprefix("http://") for u in (demo.url, *demo.engines)]
+    prom = prometheus(exe, args.interval, targets, RULES)
     started_canary = False
     try:
         prom.start()

@@ -23,7 +23,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 # Grafana's built-in interval variables, replaced by values Prometheus accepts for a short run.
-BUILTIN_VARIABLES: dict[str, str] = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
+# The scope variables at "All" (their allValue), which also matches series without the label.
+BUILTIN_VARIABLES: dict[str, str] = {
+    "__rate_interval": "1m", "__interval": "15s", "__range": "5m", "namespace": ".*", "job": ".*",
+}  # fmt: skip
 _VARIABLE = re.compile(r"\$\{?(\w+)\}?")
 
 

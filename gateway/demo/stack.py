@@ -117,11 +117,13 @@ def up(args: argparse.Namespace) -> int:
         pids["redis"] = redis_server.pid
         _write_pids(pids)
         engines = []
+        engine_key = "lgeng-" + secrets.token_urlsafe(24)  # the engines' LoRA routes stay private
         for i in range(n_engines):
             engine = EngineProcess(
                 model_dir=base.resolve(), served_name=BASE_MODEL_ID, log_dir=logs.resolve(),
                 port=port + 1 + i, max_loras=2, max_cpu_loras=8, max_lora_rank=16,
                 priority_scheduling=True,
+                api_key=engine_key,
             )  # fmt: skip
             _say(f"starting vLLM engine {i} on {engine.host}:{engine.port} (20-60 s)...")
             engine.start(timeout=300)
@@ -134,6 +136,7 @@ def up(args: argparse.Namespace) -> int:
             "LORAGATE_PORT": str(port),
             "LORAGATE_REDIS_URL": redis_server.url,
             "LORAGATE_ADMIN_TOKEN": admin_token,
+            "LORAGATE_ENGINE_API_KEY": engine_key,
             "LORAGATE_KEY_HMAC_SECRET": secrets.token_hex(32),
             "LORAGATE_ENGINES": json.dumps([e.url for e in engines]),
             "LORAGATE_BASE_MODEL": BASE_MODEL_ID,

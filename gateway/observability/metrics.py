@@ -181,6 +181,7 @@ class GatewayMetrics:
         currency: str = "USD",
         engines: Sequence[str] = (),
         error_codes: Iterable[str] = ERROR_CODES,
+        build: Mapping[str, str] | None = None,
     ) -> None:
         self.registry = registry
         self._universe = LabelUniverse()
@@ -225,6 +226,9 @@ class GatewayMetrics:
                                ("tenant", "code"))
         Info("loragate_cost_currency", "Currency of loragate_cost_total.",
              registry=registry).info({"currency": currency})
+        # The dashboards annotate deploys where a (version, revision) series starts.
+        Info("loragate_build", "The gateway's version and source revision.",
+             registry=registry).info(dict(build or {"version": "unknown", "revision": "unknown"}))
 
         # Engine pool.
         self._engine_in_flight = gauge("loragate_engine_in_flight",

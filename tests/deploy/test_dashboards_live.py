@@ -12,6 +12,7 @@ errors.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from deploy.grafana.queries import iter_annotation_queries, substitute_variables
 from gateway.demo.panels import has_data
 from gateway.observability.metrics import GatewayMetrics, InFlight
 from tests.fixtures.prometheus import MetricsEndpoint, PrometheusServer, panel_failures
@@ -78,6 +80,25 @@ def feed(metrics: GatewayMetrics) -> None:
     metrics.set_queue_depths({"acme": 2})
 
 
+def vllm_exposition(scrape: int) -> tuple[bytes, str]:
+    """An engine's /metrics, in vLLM 0.32.0's names and labels (tests/e2e/test_engine_auth.py
+    reads the same names off a real engine; tests/e2e/test_dashboards_gateway.py scrapes one)."""
+    text = (
+        "# TYPE vllm:num_requests_running gauge\n"
+        'vllm:num_requests_running{engine="0",model_name="base"} 2.0\n'
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        'vllm:num_requests_waiting{engine="0",model_name="base"} 1.0\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{engine="0",model_name="base"} 0.42\n'
+        "# TYPE vllm:num_preemptions_total counter\n"
+        f'vllm:num_preemptions_total{{engine="0",model_name="base"}} {scrape}.0\n'
+        "# TYPE vllm:lora_requests_info gauge\n"
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="lg-acme-1",'
+        'waiting_lora_adapters=""} 1.7964e+09\n'
+    )
+    return text.encode(), "text/plain; version=0.0.4; charset=utf-8"
+
+
 def test_every_panel_query_returns_data(
     metrics_endpoint_factory: Callable[[Callable[[], tuple[bytes, str]]], MetricsEndpoint],
     prometheus_factory: Callable[[list[str], list[Path]], PrometheusServer],
@@ -89,7 +110,9 @@ def test_every_panel_query_returns_data(
         return metrics.render()
 
     endpoint = metrics_endpoint_factory(scrape)
-    prom = prometheus_factory([endpoint.target], RULES)
+    scrapes = itertools.count()
+    engine = metrics_endpoint_factory(lambda: vllm_exposition(next(scrapes)))
+    prom = prometheus_factory([endpoint.target, engine.target], RULES)
     deadline = time.monotonic() + 90
 
     up = prom.query_until("up == 1", has_data, timeout=30)
@@ -97,6 +120,11 @@ def test_every_panel_query_returns_data(
 
     failures = panel_failures(prom, DASHBOARDS, VARIABLES, deadline)
     assert not failures, failures
+    # Annotation queries parse and run (they have data only when their event happens).
+    for path in DASHBOARDS:
+        for raw in iter_annotation_queries(path):
+            response = prom.query(substitute_variables(raw, VARIABLES))
+            assert response.get("status") == "success", (path.name, raw, response)
     # The check can fail: a query for a series nobody exports has no data.
     assert not has_data(prom.query('loragate_requests_total{tenant="initech"}'))
     assert endpoint.scrapes >= 2
@@ -125,7 +153,7 @@ def test_every_rule_evaluates_cleanly(
         if all(r["health"] == "ok" for r in rules) or time.monotonic() > deadline:
             break
         time.sleep(0.25)
-    assert len(rules) == 45
+    assert len(rules) == 47
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     # The recorded P95 per tenant, model, release and arm exists for all four combinations.
     expr = "tenant_model_release_arm:loragate_request_duration_seconds:p95_5m"

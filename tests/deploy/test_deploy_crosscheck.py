@@ -41,6 +41,7 @@ COMPOSE_ENV = {
     "LORAGATE_ADMIN_TOKEN": "a",
     "LORAGATE_KEY_HMAC_SECRET": "k",
     "GRAFANA_ADMIN_PASSWORD": "g",
+    "LORAGATE_ENGINE_API_KEY": "e",
 }
 SETTINGS_ENV = {f"LORAGATE_{name.upper()}" for name in Settings.model_fields}
 

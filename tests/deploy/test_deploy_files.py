@@ -26,6 +26,7 @@ REQUIRED_ENV = {
     "LORAGATE_ADMIN_TOKEN": "a",
     "LORAGATE_KEY_HMAC_SECRET": "k",
     "GRAFANA_ADMIN_PASSWORD": "g",
+    "LORAGATE_ENGINE_API_KEY": "e",
 }
 YAMLLINT = YamlLintConfig(
     "extends: default\n"
@@ -46,7 +47,8 @@ def _compose(env: dict[str, str] = REQUIRED_ENV) -> dict[str, Any]:
 
 def _yaml_files() -> list[Path]:
     mine = [DEPLOY / "compose.yaml", DEPLOY / "kustomization.yaml"]
-    return mine + sorted((DEPLOY / "k8s").rglob("*.yaml"))
+    generated = {"prometheusrule.yaml"}  # deploy/prometheus/operator.py: the rule files' lines
+    return mine + sorted(p for p in (DEPLOY / "k8s").rglob("*.yaml") if p.name not in generated)
 
 
 @pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -57,7 +59,10 @@ def test_yaml_is_lint_clean(path: Path) -> None:
 
 def test_compose_is_valid_and_complete() -> None:
     services = _compose()["services"]
-    assert set(services) == {"gateway", "vllm", "redis", "prometheus", "grafana"}
+    assert set(services) == {
+        "gateway", "base-adapter", "vllm", "vllm-cpu", "redis", "prometheus", "alertmanager",
+        "grafana",
+    }  # fmt: skip
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
@@ -75,16 +80,23 @@ def test_compose_refuses_to_start_without_secrets() -> None:
 def test_compose_keeps_engines_and_redis_private() -> None:
     data = _compose()
     services, networks = data["services"], data["networks"]
-    assert "ports" not in services["vllm"]
-    assert "ports" not in services["redis"]
-    for private, owner in (("vllm", "engines"), ("redis", "data")):
+    for name in ("vllm", "vllm-cpu", "redis"):
+        assert "ports" not in services[name]
+    # Prometheus reaches the engines for /metrics; their /v1 routes need the engine API key.
+    layout: list[tuple[set[str], str, set[str]]] = [
+        ({"vllm", "vllm-cpu"}, "engines", {"gateway", "prometheus"}),
+        ({"redis"}, "data", {"gateway"}),
+    ]
+    for private, owner, peers in layout:
         assert networks[owner]["internal"] is True
         sharing = {n for n, s in services.items() if owner in s.get("networks", [])}
-        assert sharing == {private, "gateway"}, f"{owner} network: {sharing}"
-        for network in services[private]["networks"]:
-            others = {n for n, s in services.items() if network in s.get("networks", [])}
-            assert others <= {private, "gateway"}, f"{private} reachable via {network}"
-    for service in ("prometheus", "grafana"):
+        assert sharing == private | peers, f"{owner} network: {sharing}"
+        for name in private:
+            for network in services[name]["networks"]:
+                others = {n for n, s in services.items() if network in s.get("networks", [])}
+                assert others <= private | peers, f"{name} reachable via {network}"
+    assert services["base-adapter"]["network_mode"] == "none"
+    for service in ("prometheus", "alertmanager", "grafana"):
         assert all(p.startswith("127.0.0.1:") for p in services[service]["ports"])
 
 

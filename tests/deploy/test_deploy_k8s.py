@@ -10,7 +10,9 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import yaml
 
+from deploy.prometheus.operator import OUT, RULE_FILES, render
 from tests.fixtures.manifests import (
     DEPLOY,
     KUSTOMIZATIONS,
@@ -22,10 +24,14 @@ from tests.fixtures.manifests import (
 
 K8S_VERSION = "1.37.0"
 # Kinds from CRDs: kubernetes-validate has no schema for them; checked by hand below.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 # Secrets the operator creates (deploy/README.md); their values are never in git.
 DOCUMENTED_SECRETS = {
-    "loragate-secrets": {"admin-token", "key-hmac-secret", "redis-password"},
+    "loragate-secrets": {"admin-token", "key-hmac-secret", "redis-password", "engine-api-key"},
     "loragate-hf": {"token"},
 }
 
@@ -96,12 +102,16 @@ def test_gateway_deployment_is_production_shaped(rendered: Rendered) -> None:
 def test_every_container_has_resources_and_probes(rendered: Rendered, name: str) -> None:
     for kind in ("Deployment", "StatefulSet"):
         for workload in rendered.all(name, kind):
+            init = {
+                c["name"] for c in workload["spec"]["template"]["spec"].get("initContainers", [])
+            }
             for container in pod_containers(workload):
                 where = f"{name} {kind}/{workload['metadata']['name']}/{container['name']}"
                 assert container["resources"]["requests"], where
                 assert container["resources"]["limits"]["memory"], where
-                assert "readinessProbe" in container, where
-                assert "livenessProbe" in container, where
+                if container["name"] not in init:  # init containers run to completion, unprobed
+                    assert "readinessProbe" in container, where
+                    assert "livenessProbe" in container, where
                 assert not container["image"].endswith(":latest"), where
                 assert ":" in container["image"], where
 
@@ -289,3 +299,40 @@ def test_image_tags_are_exact(rendered: Rendered) -> None:
         for workload in rendered.all(name, "Deployment") + rendered.all(name, "StatefulSet"):
             for container in pod_containers(workload):
                 assert re.search(r":v?\d+\.\d+\.\d+$|@sha256:[0-9a-f]{64}$", container["image"])
+
+
+def test_prometheus_rule_carries_every_rule_file_group(rendered: Rendered) -> None:
+    """The Operator's PrometheusRule is generated from the rule files and never drifts."""
+    assert OUT.read_text() == render(), "run `python deploy/prometheus/operator.py`"
+    (rule,) = rendered.all("gpu-monitoring", "PrometheusRule")
+    groups = []
+    for name in RULE_FILES:
+        groups += yaml.safe_load((DEPLOY / "prometheus" / name).read_text())["groups"]
+    assert rule["spec"]["groups"] == groups
+
+
+def test_engines_are_scraped_where_the_operator_runs(rendered: Rendered) -> None:
+    (monitor,) = rendered.all("gpu-monitoring", "PodMonitor")
+    vllm = rendered.one("gpu-monitoring", "StatefulSet", "vllm")["spec"]["template"]
+    assert _matches(monitor["spec"]["selector"]["matchLabels"], vllm["metadata"]["labels"])
+    ports = {p["name"] for p in vllm["spec"]["containers"][0]["ports"]}
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        assert endpoint["port"] in ports
+        assert endpoint["path"] == "/metrics"
+    for name in OVERLAYS:  # annotation-based discovery everywhere, and the policy lets it in
+        annotations = rendered.one(name, "StatefulSet", "vllm")["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+        assert annotations["prometheus.io/scrape"] == "true"
+        policy = rendered.one(name, "NetworkPolicy", "vllm-metrics-from-monitoring")["spec"]
+        assert [p["port"] for p in policy["ingress"][0]["ports"]] == [8000]
+
+
+def test_dashboards_config_map_is_in_grafanas_namespace(rendered: Rendered) -> None:
+    """The Grafana sidecar searches its own namespace by default (kube-prometheus-stack)."""
+    dashboards = rendered.one("monitoring", "ConfigMap", "loragate-grafana-dashboards")
+    assert dashboards["metadata"]["namespace"] == "monitoring"
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert sorted(dashboards["data"]) == sorted(
+        p.name for p in (DEPLOY / "grafana" / "dashboards").glob("*.json")
+    )

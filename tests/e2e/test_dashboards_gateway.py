@@ -119,7 +119,9 @@ def test_every_panel_and_rule_on_a_real_gateway_under_mixed_load(
         {"release": canary, "weight": 0.5, "expected_revision": alias["revision"]},
     )  # fmt: skip
     gw.wait_ready()
-    prom: PrometheusServer = prometheus_factory([gw.url.removeprefix("http://")], RULES)
+    # The engine's own /metrics too: the engines dashboard's vLLM panels read it.
+    targets = [gw.url.removeprefix("http://"), engine.url.removeprefix("http://")]
+    prom: PrometheusServer = prometheus_factory(targets, RULES)
     up = prom.query_until("up == 1", has_data, timeout=30)
     assert has_data(up), (up, prom.log())
 
