@@ -15,7 +15,7 @@ Layout (the whole registry is small, so `load_state` reads it in one MULTI):
     <p>seq          hash  adapter|prompt|release:...    -> last allocated version number
     <p>epoch        int   incremented by every write
     <p>audit        stream, every write; <p>audit:<tenant> the same, per tenant
-    <p>invalidate   pub/sub channel carrying the new epoch
+    <p>invalidate   pub/sub channel: each write's new epoch and changed records (write.lua)
 
 Limits (`registry/limits.py`), per scope, a tenant id; `{...}` is a Redis Cluster hash tag keeping
 a tenant's keys in one slot, so each Lua script touches one slot:
@@ -88,6 +88,14 @@ class Keyspace:
     @property
     def channel(self) -> str:
         return f"{self.prefix}invalidate"
+
+    @property
+    def snapshot_hashes(self) -> dict[str, str]:
+        """Hash key -> the kind of record it holds, for the hashes a snapshot holds."""
+        return {
+            self.tenants: "tenants", self.keys: "keys", self.adapters: "adapters",
+            self.prompts: "prompts", self.releases: "releases", self.aliases: "aliases",
+        }  # fmt: skip
 
     def limits(self, scope: str) -> LimitKeys:
         return LimitKeys(self.prefix, scope)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from registry.errors import NotFound, RegistryUnavailable
 from registry.keyspace import Keyspace
 from registry.refs import check_name
-from registry.state import RegistryState, parse_state
+from registry.state import KINDS, RegistryState, parse_state
 from registry.writes import WriteSpec
 
 
@@ -141,18 +141,20 @@ class RedisEdge:
             out.append(row)
         return out
 
-    async def load_state(self) -> RegistryState:
-        """The whole registry at one epoch (one MULTI/EXEC, so never a torn read)."""
+    async def load_raw(self) -> tuple[int, dict[str, Mapping[Any, Any]]]:
+        """The six snapshot hashes at one epoch (one MULTI/EXEC, so never a torn read)."""
         ks = self.keyspace
         async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
             pipe.get(ks.epoch)
             for name in (ks.tenants, ks.keys, ks.adapters, ks.prompts, ks.releases, ks.aliases):
                 pipe.hgetall(name)
-            epoch, tenants, keys, adapters, prompts, releases, aliases = await pipe.execute()
-        return parse_state(
-            int(epoch or 0), tenants=tenants, keys=keys, adapters=adapters, prompts=prompts,
-            releases=releases, aliases=aliases,
-        )  # fmt: skip
+            epoch, *hashes = await pipe.execute()
+        return int(epoch or 0), dict(zip(KINDS, hashes, strict=True))
+
+    async def load_state(self) -> RegistryState:
+        """The whole registry at one epoch, parsed in a worker thread (CPU-bound at scale)."""
+        epoch, raw = await self.load_raw()
+        return await asyncio.to_thread(lambda: parse_state(epoch, **raw))
 
     async def epoch(self) -> int:
         async with self._guard():

@@ -34,7 +34,7 @@ from adapters.engine_client import list_adapters, load_adapter, probe_health, un
 from adapters.errors import EngineLoadFailed, EngineUnavailable
 from gateway.engines.routing import ReplicaView, choose_replica
 from gateway.errors import ApiError
-from registry.models import AdapterVersion
+from registry.compact import AnyAdapter
 
 log = logging.getLogger("loragate.engines")
 
@@ -66,7 +66,7 @@ class Replica:
     slow_probes: int = 0  # health probes in a row that timed out
     ejections: int = 0
     ejected_until: float = 0.0
-    resident: OrderedDict[str, AdapterVersion] = field(default_factory=OrderedDict)
+    resident: OrderedDict[str, AnyAdapter] = field(default_factory=OrderedDict)
     users: dict[str, int] = field(default_factory=dict)  # engine name -> requests in flight
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     busy_s: float = 0.0  # seconds with at least one request in flight, up to busy_since
@@ -202,7 +202,7 @@ class EnginePool:
 
     async def acquire(
         self,
-        adapter: AdapterVersion | None,
+        adapter: AnyAdapter | None,
         *,
         exclude: frozenset[str] = frozenset(),
         count: bool = True,
@@ -308,7 +308,7 @@ class EnginePool:
         return replica, choice.miss
 
     # -- residency -------------------------------------------------------------------------------
-    async def ensure_resident(self, replica: Replica, adapter: AdapterVersion) -> None:
+    async def ensure_resident(self, replica: Replica, adapter: AnyAdapter) -> None:
         name = adapter.engine_name
         if name in replica.resident:
             replica.resident.move_to_end(name)
@@ -344,7 +344,7 @@ class EnginePool:
                 await unload_adapter(self.session, replica.url, victim)
             replica.resident.pop(victim, None)
 
-    async def preload(self, adapter: AdapterVersion) -> None:
+    async def preload(self, adapter: AnyAdapter) -> None:
         """Load an adapter on one available replica before its release takes traffic."""
         self.release(await self.acquire(adapter, count=False))
 

@@ -36,8 +36,9 @@ from gateway.errors import ApiError
 from gateway.serving.output_checks import conforms
 from gateway.serving.render import Limits, Rendering, parse_chat_request, render_engine_body
 from gateway.state import AppState
+from registry.compact import AnyAlias
 from registry.errors import RegistryError
-from registry.models import Alias, Release
+from registry.models import Release
 from registry.secrets import cache_salt
 
 DEFAULT_MAX_TOKENS = 64
@@ -244,14 +245,15 @@ async def run_release_eval(state: AppState, release: Release) -> EvalReport | No
     return EvalReport(release.id, eval_set.min_pass_rate, tuple(results))
 
 
-async def eval_passes(state: AppState, alias: Alias) -> bool:
+async def eval_passes(state: AppState, alias: AnyAlias) -> bool:
     """The auto-promotion gate: a canary whose evaluation set fails is never promoted by itself."""
     if alias.canary is None:
         return False
-    release = state.watcher.state.release(alias.tenant, alias.canary)
-    if release is None:
+    if state.watcher.state.release(alias.tenant, alias.canary) is None:
         return False
     try:
+        # The snapshot holds no evaluation sets: the full record, on demand.
+        release = await state.store.get_release(alias.tenant, alias.canary)
         report = await run_release_eval(state, release)
     except (ApiError, AdapterError, RegistryError) as exc:
         log.warning("evaluation of %s/%s could not run: %s", alias.tenant, release.id, exc.code)

@@ -18,19 +18,20 @@ from gateway.limits.limiter import Reservation
 from gateway.observability.requestlog import CANCELLED_STATUS, emit, request_record
 from gateway.serving.output_checks import Verdict
 from gateway.state import AppState
-from registry.models import AdapterVersion, ApiKey, Arm, Release, Tenant
+from registry.compact import AnyAdapter, AnyKey, AnyRelease, AnyTenant
+from registry.models import Arm
 
 
 @dataclass(slots=True)
 class Call:
     request_id: str
     started: float
-    tenant: Tenant | None = None
-    key: ApiKey | None = None
+    tenant: AnyTenant | None = None
+    key: AnyKey | None = None
     alias: str = "unknown"
-    release: Release | None = None
+    release: AnyRelease | None = None
     arm: Arm = "stable"
-    adapter: AdapterVersion | None = None
+    adapter: AnyAdapter | None = None
     overhead: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -34,8 +34,9 @@ from gateway.serving.render import (
 from gateway.serving.sse import error_event
 from gateway.state import AppState
 from registry.canary import select_arm
+from registry.compact import AnyAdapter, AnyKey, AnyTenant
 from registry.errors import RegistryUnavailable
-from registry.models import ApiKey, Arm, Tenant
+from registry.models import Arm
 from registry.secrets import cache_salt, hash_key
 from registry.state import RegistryState
 
@@ -43,7 +44,7 @@ __all__ = ["Call", "authenticate", "handle_chat", "new_request_id", "resolve"]
 log = logging.getLogger("loragate.chat")
 
 
-async def authenticate(state: AppState, authorization: str | None) -> tuple[Tenant, ApiKey]:
+async def authenticate(state: AppState, authorization: str | None) -> tuple[AnyTenant, AnyKey]:
     """Known keys are answered from the snapshot (no Redis call). A key the snapshot does not know
     is asked of Redis once, under the store's hard timeout: it may have been issued a moment ago
     on another gateway process. When Redis cannot answer, the caller gets 503, never 401."""
@@ -54,7 +55,7 @@ async def authenticate(state: AppState, authorization: str | None) -> tuple[Tena
         raise ApiError("invalid_api_key", "Invalid API key.")
     snapshot = state.watcher.state
     key_hmac = hash_key(state.hmac_secret, token)
-    record = snapshot.tenant_for_key(key_hmac)
+    record: AnyKey | None = snapshot.tenant_for_key(key_hmac)
     if record is None:
         try:
             record = await state.store.find_key(key_hmac)
@@ -85,7 +86,9 @@ def resolve(state: AppState, snapshot: RegistryState, call: Call, chat: ChatRequ
     release = snapshot.release(call.tenant.id, release_id)
     if release is None:
         raise model_not_found(chat.alias)
-    adapter, prompt = snapshot.release_parts(release)
+    parts = snapshot.release_parts(release)
+    adapter: AnyAdapter | None = parts[0]
+    prompt = parts[1]
     if alias.flags.kill_switch:
         adapter = None  # base model with the stable prompt
     if adapter is None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
+from registry.compact import key_rec
 from registry.errors import RegistryUnavailable
 from registry.secrets import hash_key
 from registry.snapshot import SnapshotWatcher
@@ -62,12 +63,12 @@ async def test_snapshot_converges_within_a_second(
     epoch = await store.epoch()
     assert await watcher.wait_for_epoch(epoch, timeout=1.0)
     state = watcher.state
-    assert state.tenant_for_key(hash_key(REGISTRY_SECRET, api_key)) == record
+    assert state.tenant_for_key(hash_key(REGISTRY_SECRET, api_key)) == key_rec(record)
     alias = state.alias("acme", "chat")
     assert alias is not None
     assert alias.stable == release.id
     assert [a.alias for a in state.aliases_of("acme")] == ["chat"]
-    adapter, prompt = state.release_parts(state.release("acme", release.id))  # type: ignore[arg-type]
+    adapter, prompt = state.release_parts(state.release("acme", release.id))
     assert adapter is None
     assert prompt is not None
     assert prompt.system_prompt == "hi"

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from adapters.artifact import ArtifactInfo
 from registry import rollout
+from registry.compact import key_rec
 from registry.errors import (
     AlreadyExists,
     InvalidName,
@@ -107,7 +108,7 @@ async def test_tenants_and_keys(registry_store: RegistryStore) -> None:
     assert len(api_key) == 46
     assert record.key_hmac == hash_key(REGISTRY_SECRET, api_key)
     state = await store.load_state()
-    assert state.tenant_for_key(record.key_hmac) == record
+    assert state.tenant_for_key(record.key_hmac) == key_rec(record)
     await store.revoke_key("acme", record.key_id, actor="root")
     await store.revoke_key("acme", record.key_id, actor="root")  # idempotent
     assert (await store.load_state()).tenant_for_key(record.key_hmac) is None
