@@ -7,6 +7,7 @@ watcher, metrics registry) is built in the lifespan of `create_app`, never at im
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -157,6 +158,11 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         metrics.set_snapshot_age_source(lambda: watcher.age_s)
         await pool.start()
         guard = canary.start_guard(state)
+        retention = (
+            asyncio.create_task(_retention_loop(store, settings), name="registry-retention")
+            if settings.retention_sweep_interval_s > 0
+            else None
+        )
         # Everything built so far lives as long as the process: out of the collector's sight, a
         # full collection no longer walks it (measured: P95 at 4k req/s 54 ms -> 5 ms).
         gc.collect()
@@ -166,6 +172,10 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         finally:
             gc.unfreeze()
             await canary.stop_guard(guard)
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
             await state.limiter.stop()
             await pool.stop()
             await watcher.stop()
@@ -236,6 +246,22 @@ def _base_adapter(settings: Settings) -> AdapterVersion | None:
         base_model=info.base_model, rank=info.rank, target_modules=info.target_modules,
         size_bytes=info.size_bytes, alpha=info.alpha, created_by="gateway",
     )  # fmt: skip
+
+
+async def _retention_loop(store: RegistryStore, settings: Settings) -> None:
+    """Every gateway wakes up; a lease in Redis lets one of the fleet sweep per interval."""
+    every = settings.retention_sweep_interval_s
+    while True:
+        await asyncio.sleep(min(every, 60.0))
+        try:
+            counts = await store.sweep_if_due(settings.retention_s, every)
+        except RegistryError as exc:
+            log.warning("retention sweep failed: %s", exc.code)
+        except Exception:
+            log.exception("retention sweep failed")
+        else:
+            if counts is not None:
+                log.info("retention sweep: %s", counts)
 
 
 def _label_universe(metrics: GatewayMetrics, state: RegistryState, delta: Delta) -> None:

@@ -11,20 +11,21 @@ validated before anything touches Redis.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel
 
-from registry import rollout
+from registry import retention, rollout
 from registry.errors import (
     AlreadyExists,
     InvalidRollout,
     NotFound,
     RevisionConflict,
 )
-from registry.keyspace import seq_field, tenant_field, version_field
+from registry.keyspace import last_release_field, seq_field, tenant_field, version_field
 from registry.models import (
     AdapterVersion,
     Alias,
@@ -190,7 +191,8 @@ class RegistryStore(RedisEdge):
                 return
             spec = WriteSpec()
             spec.require_equals(ks.keys, old.key_hmac, text(raw), missing)
-            spec.put(ks.keys, old.key_hmac, encode(old.model_copy(update={"revoked": True})))
+            gone = old.model_copy(update={"revoked": True, "revoked_at": self._clock()})
+            spec.put(ks.keys, old.key_hmac, encode(gone))
             await self._write(
                 spec, actor=actor, action="revoke_key", tenant=tenant_id, target=key_id,
                 before=encode_value({"key_id": key_id, "revoked": False}),
@@ -316,6 +318,7 @@ class RegistryStore(RedisEdge):
         text = template(encode(draft), marker)
         spec.allocate(ks.seq, seq_field("release", tenant_id, alias))
         spec.put(ks.releases, template(tenant_field(tenant_id, draft.id), marker), text)
+        spec.put(ks.seq, last_release_field(tenant_id), template(draft.id, marker))
         spec.put(
             ks.aliases, tenant_field(tenant_id, alias), template(encode(first), marker), nx=True
         )
@@ -348,11 +351,21 @@ class RegistryStore(RedisEdge):
 
     async def list_aliases(self, tenant_id: str) -> list[Alias]:
         check_name(tenant_id, "tenant id")
-        prefix = tenant_field(tenant_id, "")
+        # HSCAN MATCH: Redis filters the fields, only this tenant's aliases cross the wire.
+        match = tenant_field(tenant_id, "*")
+        found: list[Alias] = []
         async with self._guard():
-            raw: Mapping[Any, Any] = await self._redis.hgetall(self.keyspace.aliases)
-        found = [_parse(Alias, v) for k, v in raw.items() if text(k).startswith(prefix)]
+            async for _, raw in self._redis.hscan_iter(self.keyspace.aliases, match, 1000):
+                found.append(_parse(Alias, raw))
         return sorted(found, key=lambda a: a.alias)
+
+    async def page_tenants(self, cursor: int = 0, limit: int = 100) -> tuple[list[Tenant], int]:
+        """One page of tenants (HSCAN order, sorted within the page) and the next cursor (0: the
+        last page); a page holds about `limit` tenants."""
+        async with self._guard():
+            nxt, raw = await self._redis.hscan(self.keyspace.tenants, cursor, count=limit)
+        assert isinstance(raw, dict)  # without no_values, HSCAN answers field -> value
+        return sorted((_parse(Tenant, v) for v in raw.values()), key=lambda t: t.id), int(nxt)
 
     async def mutate_alias(
         self,
@@ -406,3 +419,72 @@ class RegistryStore(RedisEdge):
                 before=_alias_summary(old), after=_alias_summary(new), reason=reason,
             )  # fmt: skip
         return new
+
+    # -- retention ------------------------------------------------------------------------------
+
+    async def sweep(self, retention_s: float, *, actor: str = "retention") -> dict[str, int]:
+        """Delete what nothing can reach any more and is older than `retention_s` (rules in
+        registry/retention.py); each tenant's share is one guarded write with its audit entry.
+        A tenant whose records changed meanwhile is left for the next sweep. Returns counts."""
+        ks = self.keyspace
+        now = self._clock()
+        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+            for name in (ks.keys, ks.adapters, ks.prompts, ks.releases, ks.aliases):
+                pipe.hgetall(name)
+            keys, adapters, prompts, releases, aliases = await pipe.execute()
+        plans = await asyncio.to_thread(
+            retention.plan, now, retention_s, keys=keys, adapters=adapters, prompts=prompts,
+            releases=releases, aliases=aliases,
+        )  # fmt: skip
+        counts = {"keys": 0, "releases": 0, "adapters": 0, "prompts": 0, "skipped_tenants": 0}
+        for sweep in plans:
+            try:
+                await self._sweep_tenant(sweep, actor)
+            except RevisionConflict:
+                counts["skipped_tenants"] += 1
+                continue
+            for name in ("keys", "releases", "adapters", "prompts"):
+                counts[name] += len(getattr(sweep, name))
+        return counts
+
+    async def sweep_if_due(self, retention_s: float, every_s: float) -> dict[str, int] | None:
+        """Sweep unless another process did within `every_s` (a lease in Redis): any number of
+        gateways may call this on a timer and the fleet sweeps once per period."""
+        async with self._guard():
+            took = await self._redis.set(
+                self.keyspace.retention_lease, "1", nx=True, px=max(1, int(every_s * 1000))
+            )
+        return await self.sweep(retention_s) if took else None
+
+    async def _sweep_tenant(self, sweep: retention.TenantSweep, actor: str) -> None:
+        ks = self.keyspace
+        changed = RevisionConflict(f"tenant {sweep.tenant!r} changed during the sweep")
+        spec = WriteSpec()
+        for key_hmac, key_id, raw in sweep.keys:
+            spec.require_equals(ks.keys, key_hmac, raw, changed)
+            spec.delete(ks.keys, key_hmac)
+            spec.delete(ks.key_ids, tenant_field(sweep.tenant, key_id))
+        for fld, raw in sweep.aliases.items():
+            spec.require_equals(ks.aliases, fld, raw, changed)  # it may not route there again
+        if sweep.adapters or sweep.prompts:
+            async with self._guard():
+                newest = await self._hget(ks.seq, last_release_field(sweep.tenant))
+            if newest is None:  # no release may name a version deleted here meanwhile
+                spec.require_absent(ks.seq, last_release_field(sweep.tenant), changed)
+            else:
+                spec.require_equals(ks.seq, last_release_field(sweep.tenant), text(newest), changed)
+        for hash_name, fields in (
+            (ks.releases, sweep.releases), (ks.adapters, sweep.adapters),
+            (ks.prompts, sweep.prompts),
+        ):  # fmt: skip
+            for fld in fields:
+                spec.delete(hash_name, fld)
+        gone = {
+            "keys": [key_id for _, key_id, _ in sweep.keys], "releases": sweep.releases,
+            "adapters": sweep.adapters, "prompts": sweep.prompts,
+        }  # fmt: skip
+        async with self._guard():
+            await self._write(
+                spec, actor=actor, action="retention_sweep", tenant=sweep.tenant,
+                target=sweep.tenant, before=encode_value(gone),
+            )  # fmt: skip
