@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from registry.keyspace import last_release_field
 from registry.refs import parse_ref
 
 
@@ -69,6 +70,9 @@ class TenantSweep:
     prompts: list[str] = field(default_factory=list)
     # Aliases whose releases go: the raw alias read (unchanged, or it may route there again).
     aliases: dict[str, str] = field(default_factory=dict)
+    # The tenant's newest release when read (None: none yet): unchanged, or a new release may
+    # name a version deleted here.
+    newest_release: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -88,8 +92,10 @@ def plan(
     prompts: Mapping[Any, Any],
     releases: Mapping[Any, Any],
     aliases: Mapping[Any, Any],
+    seq: Mapping[Any, Any],
 ) -> list[TenantSweep]:
-    """The deletions due at `now` over raw HGETALL results (field -> JSON), by tenant."""
+    """The deletions due at `now` over raw HGETALL results (field -> JSON), by tenant; `seq` is
+    the counters hash, read in the same transaction."""
     cutoff = now - retention_s
     out: dict[str, TenantSweep] = {}
 
@@ -141,4 +147,7 @@ def plan(
             if (tenant, kind, rest) not in kept_refs and record.created_at < cutoff:
                 target = of(tenant)
                 (target.adapters if kind == "adapter" else target.prompts).append(name)
+    newest = {_text(f): _text(v) for f, v in seq.items()}
+    for tenant, sweep in out.items():
+        sweep.newest_release = newest.get(last_release_field(tenant))
     return [s for _, s in sorted(out.items()) if not s.empty]

@@ -82,6 +82,7 @@ class SnapshotWatcher:
         # Seconds from a write (Redis's clock) to its application here; a metric in the gateway.
         self.on_applied: Callable[[float], None] | None = None
         self.full_load_s: float | None = None  # the last full load (read and parse)
+        self.full_loads = 0  # completed full loads (tests: applied changes needed none)
 
     @property
     def state(self) -> RegistryState:
@@ -218,6 +219,7 @@ class SnapshotWatcher:
             finally:
                 self._loading = False
             self.full_load_s = time.perf_counter() - started
+            self.full_loads += 1
             self._confirmed()
             old = self._state
             if new.epoch < old.epoch and not accept_regression:

@@ -429,12 +429,12 @@ class RegistryStore(RedisEdge):
         ks = self.keyspace
         now = self._clock()
         async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
-            for name in (ks.keys, ks.adapters, ks.prompts, ks.releases, ks.aliases):
+            for name in (ks.keys, ks.adapters, ks.prompts, ks.releases, ks.aliases, ks.seq):
                 pipe.hgetall(name)
-            keys, adapters, prompts, releases, aliases = await pipe.execute()
+            keys, adapters, prompts, releases, aliases, seq = await pipe.execute()
         plans = await asyncio.to_thread(
             retention.plan, now, retention_s, keys=keys, adapters=adapters, prompts=prompts,
-            releases=releases, aliases=aliases,
+            releases=releases, aliases=aliases, seq=seq,
         )  # fmt: skip
         counts = {"keys": 0, "releases": 0, "adapters": 0, "prompts": 0, "skipped_tenants": 0}
         for sweep in plans:
@@ -466,13 +466,12 @@ class RegistryStore(RedisEdge):
             spec.delete(ks.key_ids, tenant_field(sweep.tenant, key_id))
         for fld, raw in sweep.aliases.items():
             spec.require_equals(ks.aliases, fld, raw, changed)  # it may not route there again
-        if sweep.adapters or sweep.prompts:
-            async with self._guard():
-                newest = await self._hget(ks.seq, last_release_field(sweep.tenant))
-            if newest is None:  # no release may name a version deleted here meanwhile
-                spec.require_absent(ks.seq, last_release_field(sweep.tenant), changed)
+        if sweep.adapters or sweep.prompts:  # no release may name a version deleted here
+            newest = last_release_field(sweep.tenant)
+            if sweep.newest_release is None:
+                spec.require_absent(ks.seq, newest, changed)
             else:
-                spec.require_equals(ks.seq, last_release_field(sweep.tenant), text(newest), changed)
+                spec.require_equals(ks.seq, newest, sweep.newest_release, changed)
         for hash_name, fields in (
             (ks.releases, sweep.releases), (ks.adapters, sweep.adapters),
             (ks.prompts, sweep.prompts),
