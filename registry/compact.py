@@ -12,6 +12,7 @@ The records are immutable; `registry.state.RegistryState` indexes them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import msgspec
@@ -151,11 +152,14 @@ _release = msgspec.json.Decoder(ReleaseRec)
 _alias = msgspec.json.Decoder(_AliasWire)
 
 
-def decode_tenant(raw: bytes | str) -> TenantRec:
-    rec = _tenant.decode(raw)  # the common case shares one limits object
-    if rec.limits == NO_LIMITS and rec.limits is not NO_LIMITS:
+def _tenant_done(rec: TenantRec) -> TenantRec:
+    if rec.limits == NO_LIMITS and rec.limits is not NO_LIMITS:  # the common case shares one
         rec = TenantRec(rec.id, rec.plan, NO_LIMITS)
     return rec
+
+
+def decode_tenant(raw: bytes | str) -> TenantRec:
+    return _tenant_done(_tenant.decode(raw))
 
 
 def decode_key(raw: bytes | str) -> KeyRec:
@@ -170,15 +174,21 @@ def decode_prompt(raw: bytes | str) -> PromptRec:
     return _prompt.decode(raw)
 
 
-def decode_release(raw: bytes | str) -> ReleaseRec:
-    rec = _release.decode(raw)
+def _release_done(rec: ReleaseRec) -> ReleaseRec:
     if rec.thresholds == DEFAULT_THRESHOLDS and rec.thresholds is not DEFAULT_THRESHOLDS:
         rec = msgspec.structs.replace(rec, thresholds=DEFAULT_THRESHOLDS)
     return rec
 
 
+def decode_release(raw: bytes | str) -> ReleaseRec:
+    return _release_done(_release.decode(raw))
+
+
 def decode_alias(raw: bytes | str) -> AliasRec:
-    w = _alias.decode(raw)
+    return _alias_done(_alias.decode(raw))
+
+
+def _alias_done(w: _AliasWire) -> AliasRec:
     started = None
     if w.canary is not None:
         for entry in reversed(w.history):
@@ -190,6 +200,25 @@ def decode_alias(raw: bytes | str) -> AliasRec:
         w.tenant, w.alias, w.stable, w.canary, w.canary_weight, w.revision, flags,
         w.last_good, started,
     )  # fmt: skip
+
+
+_many: dict[str, tuple[msgspec.json.Decoder[Any], Callable[[Any], Any] | None]] = {
+    "tenants": (msgspec.json.Decoder(list[TenantRec]), _tenant_done),
+    "keys": (msgspec.json.Decoder(list[KeyRec]), None),
+    "adapters": (msgspec.json.Decoder(list[AdapterRec]), None),
+    "prompts": (msgspec.json.Decoder(list[PromptRec]), None),
+    "releases": (msgspec.json.Decoder(list[ReleaseRec]), _release_done),
+    "aliases": (msgspec.json.Decoder(list[_AliasWire]), _alias_done),
+}
+
+
+def decode_many(kind: str, values: Iterable[bytes | str]) -> list[Any]:
+    """Many stored records of one kind in one decoder call (a full load: no Python-level loop
+    per record for the JSON itself)."""
+    blobs = [v.encode() if isinstance(v, str) else v for v in values]
+    decoder, done = _many[kind]
+    records: list[Any] = decoder.decode(b"[" + b",".join(blobs) + b"]")
+    return records if done is None else [done(r) for r in records]
 
 
 # What code that serves from the snapshot and from full records alike accepts.

@@ -33,6 +33,7 @@ from registry.compact import (
     decode_adapter,
     decode_alias,
     decode_key,
+    decode_many,
     decode_prompt,
     decode_release,
     decode_tenant,
@@ -41,10 +42,6 @@ from registry.refs import parse_ref
 
 KINDS = ("tenants", "keys", "adapters", "prompts", "releases", "aliases")
 Change = tuple[str, str, bytes | str | None]  # (kind, hash field, new JSON or None: deleted)
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _version_key(fld: str) -> tuple[str, str, int]:
@@ -160,36 +157,56 @@ class RegistryState:
             delta.shrank = True
         return delta
 
+    # Each kind: `_add_*` indexes a decoded record under keys made of its own fields (no second
+    # copy of the ids); `_put_*` applies a published change (None: the hash field was deleted).
+
+    def _add_tenant(self, rec: TenantRec) -> None:
+        self.tenants[rec.id] = rec
+
     def _put_tenant(self, fld: str, raw: bytes | str | None) -> None:
         if raw is None:
             self.tenants.pop(fld, None)
         else:
-            self.tenants[fld] = decode_tenant(raw)
+            self._add_tenant(decode_tenant(raw))
+
+    def _add_key(self, rec: KeyRec) -> None:
+        if rec.revoked:
+            self.keys.pop(rec.key_hmac, None)
+        else:
+            self.keys[rec.key_hmac] = rec
 
     def _put_key(self, fld: str, raw: bytes | str | None) -> None:
-        rec = None if raw is None else decode_key(raw)
-        if rec is None or rec.revoked:
+        if raw is None:
             self.keys.pop(fld, None)
         else:
-            self.keys[fld] = rec
+            self._add_key(decode_key(raw))
+
+    def _add_adapter(self, rec: AdapterRec) -> None:
+        self.adapters[(rec.tenant, rec.name, rec.version)] = rec
 
     def _put_adapter(self, fld: str, raw: bytes | str | None) -> None:
         if raw is None:
             self.adapters.pop(_version_key(fld), None)
         else:
-            self.adapters[_version_key(fld)] = decode_adapter(raw)
+            self._add_adapter(decode_adapter(raw))
+
+    def _add_prompt(self, rec: PromptRec) -> None:
+        self.prompts[(rec.tenant, rec.name, rec.version)] = rec
 
     def _put_prompt(self, fld: str, raw: bytes | str | None) -> None:
         if raw is None:
             self.prompts.pop(_version_key(fld), None)
         else:
-            self.prompts[_version_key(fld)] = decode_prompt(raw)
+            self._add_prompt(decode_prompt(raw))
+
+    def _add_release(self, rec: ReleaseRec) -> None:
+        self.releases[(rec.tenant, rec.id)] = rec
 
     def _put_release(self, fld: str, raw: bytes | str | None) -> None:
         if raw is None:
             self.releases.pop(_pair(fld), None)
         else:
-            self.releases[_pair(fld)] = decode_release(raw)
+            self._add_release(decode_release(raw))
 
     def _put_alias(self, fld: str, raw: bytes | str | None) -> AliasRec | None:
         key = _pair(fld)
@@ -199,14 +216,18 @@ class RegistryState:
         if raw is None:
             return None
         new = decode_alias(raw)
+        self._add_alias(new)
+        return new
+
+    def _add_alias(self, new: AliasRec) -> None:
+        key = (new.tenant, new.alias)
         self.aliases[key] = new
-        self._by_tenant.setdefault(key[0], {})[key[1]] = new
+        self._by_tenant.setdefault(new.tenant, {})[new.alias] = new
         if new.canary is not None:
             self.canaries.add(key)
         for rid in _names(new):
-            ref = (key[0], rid)
+            ref = (new.tenant, rid)
             self.routable[ref] = self.routable.get(ref, 0) + 1
-        return new
 
     def _unindex(self, key: tuple[str, str], old: AliasRec) -> None:
         own = self._by_tenant.get(key[0])
@@ -272,6 +293,16 @@ _PUT: dict[str, Callable[[RegistryState, str, bytes | str | None], AliasRec | No
 }
 
 
+_ADD: dict[str, Callable[[RegistryState, Any], None]] = {
+    "tenants": RegistryState._add_tenant,
+    "keys": RegistryState._add_key,
+    "adapters": RegistryState._add_adapter,
+    "prompts": RegistryState._add_prompt,
+    "releases": RegistryState._add_release,
+    "aliases": RegistryState._add_alias,
+}
+
+
 def parse_state(
     epoch: int,
     *,
@@ -283,14 +314,14 @@ def parse_state(
     aliases: Mapping[Any, Any],
 ) -> RegistryState:
     """Build a state from raw HGETALL results (field -> JSON); pure, CPU-bound (run it off the
-    event loop for a large registry)."""
+    event loop for a large registry). Each kind is decoded in one call (`decode_many`)."""
     state = RegistryState()
     for kind, raw in (
         ("tenants", tenants), ("keys", keys), ("adapters", adapters), ("prompts", prompts),
         ("releases", releases), ("aliases", aliases),
     ):  # fmt: skip
-        put = _PUT[kind]
-        for fld, value in raw.items():
-            put(state, _text(fld), value)
+        add = _ADD[kind]
+        for rec in decode_many(kind, raw.values()):
+            add(state, rec)
     state.epoch = epoch
     return state
