@@ -195,6 +195,38 @@ def _lag_within(probe: dict[str, Any], start: float, window: float) -> float:
     return max((lag for t, lag in probe["lags"] if start <= t <= start + window), default=0.0)
 
 
+def run_scale(
+    tenants: int, *, gateways: int = 1, phase_s: float = 15.0, rate: float = 100.0,
+    traffic_tenants: int = 16, keep: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """The whole benchmark; the figures, plus `line`: the summary line."""
+    work = Path(tempfile.mkdtemp(prefix="lg-registry-scale-"))
+    services: list[stack.Service] = []
+    try:
+        redis = stack.start_redis(work, cpu=None)
+        services.append(redis)
+        adapters = work / "adapters"
+        stack.write_lora(adapters / "shared" / "a", base_model=stack.BASE_MODEL)
+        settings = Settings(adapter_store=adapters, base_model=stack.BASE_MODEL)
+        info = settings.validate_artifact("shared/a")
+        secret = secrets.token_hex(32).encode()
+        plan = {"tenants": tenants, "gateways": gateways, "phase_s": phase_s, "rate": rate,
+                "traffic_tenants": traffic_tenants}  # fmt: skip
+        result = asyncio.run(_run(plan, redis.url, secret, info, work, adapters, services))
+    finally:
+        for service in reversed(services):
+            service.proc.stop()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    result["line"] = (
+        f"tenants={tenants} write_visible_ms={result['write_visible_ms_max']:.1f} "
+        f"loop_stall_p99_ms={result['loop_stall_p99_ms']:.2f} "
+        f"snapshot_mib={result['snapshot_mib']:.1f} "
+        f"full_load_ms={result['gateway_full_load_ms'][0]:.0f}"
+    )
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=10_000)
@@ -204,49 +236,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traffic-tenants", type=int, default=16)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="lg-registry-scale-"))
-    services: list[stack.Service] = []
-    try:
-        redis = stack.start_redis(work, cpu=None)
-        services.append(redis)
-        adapters = work / "adapters"
-        stack.write_lora(adapters / "shared" / "a", base_model=stack.BASE_MODEL)
-        info = Settings(adapter_store=adapters, base_model=stack.BASE_MODEL).validate_artifact(
-            "shared/a"
-        )
-        secret = secrets.token_hex(32)
-        result = asyncio.run(_run(args, redis.url, secret.encode(), info, work, adapters, services))
-        for name, value in result.items():
-            print(f"{name}: {value}")
-        print(
-            f"tenants={args.tenants} write_visible_ms={result['write_visible_ms_max']:.1f} "
-            f"loop_stall_p99_ms={result['loop_stall_p99_ms']:.2f} "
-            f"snapshot_mib={result['snapshot_mib']:.1f} "
-            f"full_load_ms={result['gateway_full_load_ms'][0]:.0f}"
-        )
-        return 0
-    finally:
-        for service in reversed(services):
-            service.proc.stop()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    result = run_scale(
+        args.tenants, gateways=args.gateways, phase_s=args.phase_s, rate=args.rate,
+        traffic_tenants=args.traffic_tenants, keep=args.keep,
+    )  # fmt: skip
+    line = result.pop("line")
+    for name, value in result.items():
+        print(f"{name}: {value}")
+    print(line)
+    return 0
 
 
 async def _run(
-    args: argparse.Namespace, redis_url: str, secret: bytes, info: ArtifactInfo, work: Path,
+    plan: dict[str, Any], redis_url: str, secret: bytes, info: ArtifactInfo, work: Path,
     adapters: Path, services: list[stack.Service],
 ) -> dict[str, Any]:  # fmt: skip
     client = aioredis.Redis.from_url(redis_url, max_connections=SEED_CONCURRENCY * 2)
     store = RegistryStore(client, secret, timeout=30.0)
     try:
-        seeded = await seed(store, args.tenants, info, args.traffic_tenants)
-        print(f"seeded {args.tenants} tenants in {seeded.seconds:.1f} s", file=sys.stderr)
+        tenants = plan["tenants"]
+        seeded = await seed(store, tenants, info, plan["traffic_tenants"])
+        print(f"seeded {tenants} tenants in {seeded.seconds:.1f} s", file=sys.stderr)
         here = await measure_full_load(store)
         mock_port = free_port()
         mock = stack.start_mock(work, ports=[mock_port], cpu=None, chunks=4, interval_ms=1.0)
         services.append(mock)
         urls = []
-        for g in range(args.gateways):
+        for g in range(plan["gateways"]):
             gw = stack.start_loragate(
                 work, redis_url=redis_url, engines=[mock.url], cpu=None, adapter_store=adapters,
                 name=f"gateway-{g}", command=[sys.executable, "-m", "loadtests.registry_probe"],
@@ -266,11 +282,11 @@ async def _run(
         ]
         target = Target(urls[0] + "/v1/chat/completions", requests)
         measured = await traffic_and_writes(
-            store, target, tenants=args.tenants, rate=args.rate, phase_s=args.phase_s,
+            store, target, tenants=tenants, rate=plan["rate"], phase_s=plan["phase_s"],
             gateways=urls,
         )  # fmt: skip
         return {
-            "tenants": args.tenants, "gateways": args.gateways,
+            "tenants": tenants, "gateways": plan["gateways"],
             "load_average_1m": os.getloadavg()[0],
             "seed_s": round(seeded.seconds, 1),
             "redis_used_mib": round((await client.info("memory"))["used_memory"] / 2**20, 1),
