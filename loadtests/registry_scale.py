@@ -43,7 +43,8 @@ from loadtests import stack
 from loadtests.loadgen import Target, open_loop, percentile
 from loadtests.procs import free_port
 from registry import rollout
-from registry.state import parse_state
+from registry.redis_edge import drive
+from registry.state import parse_state, parse_steps
 from registry.store import RegistryStore
 
 SEED_CONCURRENCY = 64
@@ -102,7 +103,7 @@ async def measure_full_load(store: RegistryStore) -> dict[str, float]:
     started = time.perf_counter()
     epoch, raw = await store.load_raw()
     read_s = time.perf_counter() - started
-    state = await asyncio.to_thread(lambda: parse_state(epoch, **raw))
+    state = await drive(parse_steps(epoch, raw))  # as a gateway does: steps that yield
     total_s = time.perf_counter() - started
     done.set()
     await tick

@@ -3,7 +3,7 @@
 Why one module: the layout is a storage format. A version prefix (`lg:v1:`) lets a new layout live
 next to the old one during a migration, and tests can give each registry its own prefix.
 
-Layout (the whole registry is small, so `load_state` reads it in one MULTI):
+Layout (a full load reads the six record hashes in one MULTI; a write publishes what it changed):
 
     <p>tenants      hash  <tenant>                      -> Tenant JSON
     <p>keys         hash  <key hmac>                    -> ApiKey JSON (never the key itself)

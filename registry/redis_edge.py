@@ -4,8 +4,9 @@ Why it is shaped this way:
 - Every call has a hard timeout (`asyncio.timeout`, default 0.5 s) and turns connection errors and
   timeouts into RegistryUnavailable: a frozen Redis must not freeze the admin API.
 - Every write is one call of `write.lua` (see registry/writes.py): preconditions, the write, the
-  epoch INCR, the audit XADD and the invalidation PUBLISH happen atomically or not at all, so a
-  rejected request writes nothing and every acknowledged write is audited and announced.
+  epoch INCR, the audit XADD and the PUBLISH of the changed records happen atomically or not at
+  all, so a rejected request writes nothing and every acknowledged write is audited and announced
+  (gateways apply the announced records; registry/snapshot.py).
 
 Redis configuration the registry needs (the demo and the tests start redis-server this way):
 - `appendonly yes`: the registry is the source of truth, not a cache; RDB snapshots alone lose the
@@ -24,10 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -37,8 +38,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from registry.errors import NotFound, RegistryUnavailable
 from registry.keyspace import Keyspace
 from registry.refs import check_name
-from registry.state import KINDS, RegistryState, parse_state
+from registry.state import KINDS, RegistryState, parse_steps
 from registry.writes import WriteSpec
+
+T = TypeVar("T")
+
+
+async def drive(steps: Generator[None, None, T]) -> T:
+    """Run a stepwise computation (registry.state) on the event loop, yielding between steps."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            value: T = done.value
+            return value
+        await asyncio.sleep(0)
 
 
 def text(raw: bytes | str) -> str:
@@ -152,9 +166,9 @@ class RedisEdge:
         return int(epoch or 0), dict(zip(KINDS, hashes, strict=True))
 
     async def load_state(self) -> RegistryState:
-        """The whole registry at one epoch, parsed in a worker thread (CPU-bound at scale)."""
+        """The whole registry at one epoch, parsed in steps that yield to the event loop."""
         epoch, raw = await self.load_raw()
-        return await asyncio.to_thread(lambda: parse_state(epoch, **raw))
+        return await drive(parse_steps(epoch, raw))
 
     async def epoch(self) -> int:
         async with self._guard():

@@ -6,7 +6,8 @@ How it stays in step with Redis:
   write is visible here a pub/sub hop after it is acknowledged, at a cost that does not grow with
   the registry.
 - A start, a gap in the epochs (a lost message), a reconnect of the listener or an epoch that went
-  back does a full load: one MULTI read, parsed in a worker thread, swapped in at once. Messages
+  back does a full load: one MULTI read, parsed in small steps that yield to the event loop
+  (registry.state.parse_steps), swapped in at once. Messages
   that arrive meanwhile are kept and applied on top of it.
 - The epoch is also polled (one GET per `poll_interval`): an epoch ahead of the snapshot for two
   polls in a row means a message was lost, and a full load follows.
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 
 from registry.errors import RegistryError, RegistryUnavailable
+from registry.redis_edge import drive
 from registry.state import Change, Delta, RegistryState, parse_changes
 
 if TYPE_CHECKING:
@@ -213,6 +215,8 @@ class SnapshotWatcher:
             started = time.perf_counter()
             try:
                 new = await self._store.load_state()
+                old = self._state  # unchanged meanwhile: messages are held while loading
+                delta = await drive(new.diff_steps(old))
             except RegistryUnavailable:
                 self._redis_ok = False
                 raise
@@ -221,7 +225,6 @@ class SnapshotWatcher:
             self.full_load_s = time.perf_counter() - started
             self.full_loads += 1
             self._confirmed()
-            old = self._state
             if new.epoch < old.epoch and not accept_regression:
                 if not self.regressed:
                     log.error(
@@ -234,9 +237,9 @@ class SnapshotWatcher:
                 self._pending.clear()
                 return
             self.regressed = False
-            if new.epoch != old.epoch or accept_regression or new != old:
+            if new.epoch != old.epoch or accept_regression:  # an epoch is one content
                 self._state = new
-                self._notify(new.diff(old))
+                self._notify(delta)
             self._drain_pending()
 
     # -- loops ----------------------------------------------------------------------------------
