@@ -71,6 +71,7 @@ class RedisEdge:
         keyspace: Keyspace | None = None,
         clock: Callable[[], float] = time.time,
         audit_maxlen: int = 100_000,
+        load_timeout: float = 30.0,
     ) -> None:
         self._redis = redis
         self._secret = secret
@@ -78,13 +79,16 @@ class RedisEdge:
         self.keyspace = keyspace or Keyspace()
         self._clock = clock
         self._audit_maxlen = audit_maxlen
+        # A full load moves the whole registry (~25 MB at 10,000 tenants): its own, longer bound.
+        self._load_timeout = max(timeout, load_timeout)
         lua = resources.files("registry").joinpath("write.lua").read_text()
         self._script = redis.register_script(lua)
 
     @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
+    async def _guard(self, timeout: float | None = None) -> AsyncIterator[None]:  # noqa: ASYNC109
+        limit = self._timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(limit):
                 yield
         except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             task = asyncio.current_task()
@@ -93,7 +97,7 @@ class RedisEdge:
                 # cancelled task must see CancelledError, or its owner can never stop it.
                 raise asyncio.CancelledError from exc
             if isinstance(exc, TimeoutError):
-                raise RegistryUnavailable(f"registry timed out after {self._timeout}s") from exc
+                raise RegistryUnavailable(f"registry timed out after {limit}s") from exc
             raise RegistryUnavailable(f"registry unreachable: {type(exc).__name__}") from exc
 
     async def _write(
@@ -158,7 +162,7 @@ class RedisEdge:
     async def load_raw(self) -> tuple[int, dict[str, Mapping[Any, Any]]]:
         """The six snapshot hashes at one epoch (one MULTI/EXEC, so never a torn read)."""
         ks = self.keyspace
-        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+        async with self._guard(self._load_timeout), self._redis.pipeline(transaction=True) as pipe:
             pipe.get(ks.epoch)
             for name in (ks.tenants, ks.keys, ks.adapters, ks.prompts, ks.releases, ks.aliases):
                 pipe.hgetall(name)

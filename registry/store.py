@@ -428,7 +428,7 @@ class RegistryStore(RedisEdge):
         A tenant whose records changed meanwhile is left for the next sweep. Returns counts."""
         ks = self.keyspace
         now = self._clock()
-        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+        async with self._guard(self._load_timeout), self._redis.pipeline(transaction=True) as pipe:
             for name in (ks.keys, ks.adapters, ks.prompts, ks.releases, ks.aliases, ks.seq):
                 pipe.hgetall(name)
             keys, adapters, prompts, releases, aliases, seq = await pipe.execute()
