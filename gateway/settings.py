@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     admin_token: SecretStr = SecretStr("")
     key_hmac_secret: SecretStr = SecretStr("")
 
+    # Retention (registry/retention.py): revoked keys, releases no alias used and versions no
+    # release names are deleted once older than this; one gateway of the fleet sweeps per
+    # `retention_sweep_interval_s` (0: never).
+    retention_s: float = Field(default=30 * 86400.0, ge=0)
+    retention_sweep_interval_s: float = Field(default=3600.0, ge=0)
+
     # Engines: every replica serves one base model as `base_model` (vLLM --served-model-name).
     engines: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8001"])
     base_model: str = "smollm2-135m-instruct"

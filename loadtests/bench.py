@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from adapters.ports import free_port
-from loadtests import engine_arm, fairness, report, stack, wrk
+from loadtests import engine_arm, fairness, registry_scale, report, stack, wrk
 from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
 from loadtests.procs import Proc
 
@@ -54,6 +54,8 @@ class Plan:
     engine: bool = True
     use_wrk: bool = True
     smoke: bool = False
+    registry_tenants: int = 10_000  # loadtests/registry_scale.py; 0 skips it
+    registry_phase_s: float = 15.0
 
 
 SMOKE = Plan(
@@ -70,6 +72,8 @@ SMOKE = Plan(
     engine=False,
     use_wrk=False,
     smoke=True,
+    registry_tenants=200,
+    registry_phase_s=3.0,
 )
 
 
@@ -296,6 +300,13 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
             engine_result = engine_arm.run(work, requests=40)
             if engine_result.get("skipped"):
                 notes.append(f"real-engine arm skipped: {engine_result['skipped']}")
+        registry: dict[str, Any] | None = None
+        if plan.registry_tenants > 0:
+            _say(f"registry at {plan.registry_tenants} tenants")
+            registry = registry_scale.run_scale(
+                plan.registry_tenants, phase_s=plan.registry_phase_s, rate=50.0
+            )
+            _say(registry["line"])
     finally:
         for service in reversed(services):
             with contextlib.suppress(Exception):
@@ -304,6 +315,7 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
     doc = report.build(
         records,
         engine=engine_result,
+        registry=registry,
         plan=asdict(plan),
         notes=notes,
         started=started,

@@ -95,6 +95,32 @@ def frontier(rows: list[dict[str, Any]], arm: str, *, p95_added_max: float | Non
     return best
 
 
+def registry_targets(registry: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """loadtests/registry_scale.py's figures against the issue's targets (at 10,000 tenants)."""
+    if registry is None:
+        return [_target("registry at 10,000 tenants", "see NOTES-17.md", "not run", None)]
+    n = registry["tenants"]
+    judged = n >= 10_000  # smaller registries are no evidence either way
+
+    def one(name: str, goal: str, value: float, limit: float, unit: str) -> dict[str, Any]:
+        met = value <= limit if judged else None
+        margin = f"{value - limit:+.2f} {unit}"
+        return _target(
+            f"registry at {n:,} tenants: {name}", goal, f"{value:.2f} {unit}", met, margin
+        )
+
+    full_load = registry["gateway_full_load_ms"][0]
+    added = (registry["request_p99_ms_writes"] or 0.0) - (registry["request_p99_ms_no_writes"] or 0)
+    return [
+        one("write visible on every gateway", "<= 50 ms", registry["write_visible_ms_max"], 50,
+            "ms"),
+        one("loop stall per write (P99)", "<= 2 ms", registry["loop_stall_p99_ms"], 2, "ms"),
+        one("snapshot memory per gateway", "<= 40 MiB", registry["snapshot_mib"], 40, "MiB"),
+        one("full load, off the loop", "<= 1,500 ms", full_load, 1500, "ms"),
+        one("request P99 with writes vs without", "<= +1 ms", added, 1, "ms"),
+    ]  # fmt: skip
+
+
 def check_targets(
     rows: list[dict[str, Any]], engine: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
@@ -220,13 +246,14 @@ def build(
     records: list[dict[str, Any]],
     *,
     engine: dict[str, Any] | None,
+    registry: dict[str, Any] | None = None,
     plan: dict[str, Any],
     notes: list[str],
     started: float,
     finished: float,
 ) -> dict[str, Any]:
     rows = aggregate(records)
-    targets = check_targets(rows, engine)
+    targets = check_targets(rows, engine) + registry_targets(registry)
     if plan.get("smoke"):
         for t in targets:  # smoke levels are too small to judge anything
             t["met"] = None
@@ -257,6 +284,7 @@ def build(
         "runs": records,
         "direct_drift": drift,
         "engine": engine,
+        "registry": registry,
         "targets": targets,
         "targets_summary": summary,
     }
@@ -289,6 +317,11 @@ def markdown(doc: dict[str, Any]) -> str:
     for t in doc["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
         lines.append(f"| {t['name']} | {t['target']} | {t['measured']} | {met} | {t['margin']} |")
+    registry = doc.get("registry")
+    if registry:
+        lines += ["", "## Registry at scale (loadtests/registry_scale.py)", "",
+                  f"`{registry['line']}`", "", "| figure | value |", "|---|---|"]  # fmt: skip
+        lines += [f"| {k} | {v} |" for k, v in registry.items() if k != "line"]
     rows = doc["rows"]
     lines += [
         "",

@@ -114,6 +114,9 @@ def start_loragate(
     adapter_store: Path | None = None,
     name: str = "loragate",
     settings: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+    ready_timeout: float = 60.0,
 ) -> Service:
     port = free_port()
     token = "lgadm-" + secrets.token_urlsafe(16)
@@ -134,11 +137,13 @@ def start_loragate(
         "LORAGATE_ENGINE_QUEUE_SIZE": "4096",
         "LORAGATE_MAX_CPU_LORAS": "64",
         **(settings or {}),
+        **(extra_env or {}),
     }
-    cmd = [sys.executable, "-m", "gateway.cli", "serve"]
+    token = env["LORAGATE_ADMIN_TOKEN"]
+    cmd = command or [sys.executable, "-m", "gateway.cli", "serve"]
     proc = Proc.start(name, cmd, log_dir=work / "logs", cpu=cpu, env=env)
     url = f"http://127.0.0.1:{port}"
-    proc.wait_http(url + "/readyz", timeout=60)
+    proc.wait_http(url + "/readyz", timeout=ready_timeout)
     return Service(proc, url, admin_token=token)
 
 

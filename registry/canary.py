@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 
-from registry.models import Alias, Arm
+from registry.compact import AnyAlias
+from registry.models import Arm
 
 _PERSON = b"loragate-canary"
 
@@ -25,7 +26,7 @@ def bucket(tenant: str, release_id: str, routing_key: str) -> float:
     return int.from_bytes(h.digest(), "big") / 2.0**64
 
 
-def select_arm(alias: Alias, tenant: str, routing_key: str) -> Arm:
+def select_arm(alias: AnyAlias, tenant: str, routing_key: str) -> Arm:
     if alias.canary is None or alias.canary_weight <= 0.0:
         return "stable"
     return "canary" if bucket(tenant, alias.canary, routing_key) < alias.canary_weight else "stable"

@@ -3,7 +3,7 @@
 Why one module: the layout is a storage format. A version prefix (`lg:v1:`) lets a new layout live
 next to the old one during a migration, and tests can give each registry its own prefix.
 
-Layout (the whole registry is small, so `load_state` reads it in one MULTI):
+Layout (a full load reads the six record hashes in one MULTI; a write publishes what it changed):
 
     <p>tenants      hash  <tenant>                      -> Tenant JSON
     <p>keys         hash  <key hmac>                    -> ApiKey JSON (never the key itself)
@@ -13,9 +13,11 @@ Layout (the whole registry is small, so `load_state` reads it in one MULTI):
     <p>releases     hash  <tenant>:<release_id>         -> Release JSON
     <p>aliases      hash  <tenant>:<alias>              -> Alias JSON
     <p>seq          hash  adapter|prompt|release:...    -> last allocated version number
+                        last_release:<tenant>          -> the tenant's newest release field
     <p>epoch        int   incremented by every write
     <p>audit        stream, every write; <p>audit:<tenant> the same, per tenant
-    <p>invalidate   pub/sub channel carrying the new epoch
+    <p>retention_lease  string, PX: the gateway that sweeps this period (one of the fleet)
+    <p>invalidate   pub/sub channel: each write's new epoch and changed records (write.lua)
 
 Limits (`registry/limits.py`), per scope, a tenant id; `{...}` is a Redis Cluster hash tag keeping
 a tenant's keys in one slot, so each Lua script touches one slot:
@@ -89,6 +91,18 @@ class Keyspace:
     def channel(self) -> str:
         return f"{self.prefix}invalidate"
 
+    @property
+    def retention_lease(self) -> str:
+        return f"{self.prefix}retention_lease"
+
+    @property
+    def snapshot_hashes(self) -> dict[str, str]:
+        """Hash key -> the kind of record it holds, for the hashes a snapshot holds."""
+        return {
+            self.tenants: "tenants", self.keys: "keys", self.adapters: "adapters",
+            self.prompts: "prompts", self.releases: "releases", self.aliases: "aliases",
+        }  # fmt: skip
+
     def limits(self, scope: str) -> LimitKeys:
         return LimitKeys(self.prefix, scope)
 
@@ -108,6 +122,11 @@ def tenant_field(tenant: str, rest: str) -> str:
 
 def version_field(tenant: str, name: str, version: int | str) -> str:
     return f"{tenant}:{name}:{version}"
+
+
+def last_release_field(tenant: str) -> str:
+    """`seq` field holding the tenant's newest release (the retention sweep's guard)."""
+    return f"last_release:{tenant}"
 
 
 def seq_field(kind: str, tenant: str, name: str) -> str:

@@ -47,6 +47,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from registry.compact import LimitsRec
 from registry.errors import RegistryError, RegistryUnavailable
 from registry.keyspace import DEFAULT_PREFIX, Keyspace, LimitKeys
 from registry.models import Limits
@@ -91,7 +92,7 @@ class Quota:
     period: Period = "month"
 
     @classmethod
-    def from_limits(cls, limits: Limits) -> Quota:
+    def from_limits(cls, limits: Limits | LimitsRec) -> Quota:
         budget = limits.budget
         return cls(
             max_concurrency=limits.max_concurrency,

@@ -84,6 +84,7 @@ class ApiKey(Record):
     key_hmac: str
     created_at: float = 0.0
     revoked: bool = False
+    revoked_at: float | None = None  # retention counts from here (None: records before it)
 
 
 class AdapterVersion(Record):

@@ -4,8 +4,9 @@ Why it is shaped this way:
 - Every call has a hard timeout (`asyncio.timeout`, default 0.5 s) and turns connection errors and
   timeouts into RegistryUnavailable: a frozen Redis must not freeze the admin API.
 - Every write is one call of `write.lua` (see registry/writes.py): preconditions, the write, the
-  epoch INCR, the audit XADD and the invalidation PUBLISH happen atomically or not at all, so a
-  rejected request writes nothing and every acknowledged write is audited and announced.
+  epoch INCR, the audit XADD and the PUBLISH of the changed records happen atomically or not at
+  all, so a rejected request writes nothing and every acknowledged write is audited and announced
+  (gateways apply the announced records; registry/snapshot.py).
 
 Redis configuration the registry needs (the demo and the tests start redis-server this way):
 - `appendonly yes`: the registry is the source of truth, not a cache; RDB snapshots alone lose the
@@ -30,10 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -44,12 +45,24 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from registry.errors import NotFound, RegistryUnavailable
 from registry.keyspace import Keyspace
 from registry.refs import check_name
-from registry.state import RegistryState, parse_state
+from registry.state import KINDS, RegistryState, parse_steps
 from registry.writes import WriteSpec
 
 # Refusals of a master that is failing over or lacks replicas (`min-replicas-to-write`), or of a
 # node that is no longer the master: the registry is unavailable for now, not broken.
 _UNAVAILABLE_REPLIES = ("NOREPLICAS", "MASTERDOWN", "READONLY")
+T = TypeVar("T")
+
+
+async def drive(steps: Generator[None, None, T]) -> T:
+    """Run a stepwise computation (registry.state) on the event loop, yielding between steps."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            value: T = done.value
+            return value
+        await asyncio.sleep(0)
 
 
 def text(raw: bytes | str) -> str:
@@ -70,6 +83,7 @@ class RedisEdge:
         audit_maxlen: int = 100_000,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 500,
+        load_timeout: float = 30.0,
     ) -> None:
         self._redis = redis
         self._secret = secret
@@ -79,13 +93,16 @@ class RedisEdge:
         self._audit_maxlen = audit_maxlen
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
+        # A full load moves the whole registry (~25 MB at 10,000 tenants): its own, longer bound.
+        self._load_timeout = max(timeout, load_timeout)
         lua = resources.files("registry").joinpath("write.lua").read_text()
         self._script = redis.register_script(lua)
 
     @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
+    async def _guard(self, timeout: float | None = None) -> AsyncIterator[None]:  # noqa: ASYNC109
+        limit = self._timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(limit):
                 yield
         except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             task = asyncio.current_task()
@@ -94,7 +111,7 @@ class RedisEdge:
                 # cancelled task must see CancelledError, or its owner can never stop it.
                 raise asyncio.CancelledError from exc
             if isinstance(exc, TimeoutError):
-                raise RegistryUnavailable(f"registry timed out after {self._timeout}s") from exc
+                raise RegistryUnavailable(f"registry timed out after {limit}s") from exc
             raise RegistryUnavailable(f"registry unreachable: {type(exc).__name__}") from exc
         except ResponseError as exc:  # in a pipeline, the reply comes after "Command # n ..."
             if any(reply in str(exc) for reply in _UNAVAILABLE_REPLIES):
@@ -171,18 +188,20 @@ class RedisEdge:
             out.append(row)
         return out
 
-    async def load_state(self) -> RegistryState:
-        """The whole registry at one epoch (one MULTI/EXEC, so never a torn read)."""
+    async def load_raw(self) -> tuple[int, dict[str, Mapping[Any, Any]]]:
+        """The six snapshot hashes at one epoch (one MULTI/EXEC, so never a torn read)."""
         ks = self.keyspace
-        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+        async with self._guard(self._load_timeout), self._redis.pipeline(transaction=True) as pipe:
             pipe.get(ks.epoch)
             for name in (ks.tenants, ks.keys, ks.adapters, ks.prompts, ks.releases, ks.aliases):
                 pipe.hgetall(name)
-            epoch, tenants, keys, adapters, prompts, releases, aliases = await pipe.execute()
-        return parse_state(
-            int(epoch or 0), tenants=tenants, keys=keys, adapters=adapters, prompts=prompts,
-            releases=releases, aliases=aliases,
-        )  # fmt: skip
+            epoch, *hashes = await pipe.execute()
+        return int(epoch or 0), dict(zip(KINDS, hashes, strict=True))
+
+    async def load_state(self) -> RegistryState:
+        """The whole registry at one epoch, parsed in steps that yield to the event loop."""
+        epoch, raw = await self.load_raw()
+        return await drive(parse_steps(epoch, raw))
 
     async def epoch(self) -> int:
         async with self._guard():

@@ -24,7 +24,7 @@ from registry.errors import (
     NotFound,
     RevisionConflict,
 )
-from registry.keyspace import seq_field, tenant_field, version_field
+from registry.keyspace import last_release_field, seq_field, tenant_field, version_field
 from registry.models import (
     AdapterVersion,
     Alias,
@@ -36,8 +36,9 @@ from registry.models import (
     Tenant,
     Thresholds,
 )
-from registry.redis_edge import RedisEdge, text
+from registry.redis_edge import text
 from registry.refs import check_name, check_release_id, parse_ref
+from registry.retention_store import RetentionSweeps
 from registry.secrets import hash_key, new_api_key
 from registry.writes import WriteSpec, encode, encode_value, new_marker, template
 
@@ -67,8 +68,9 @@ def _alias_summary(alias: Alias | None) -> str:
     )
 
 
-class RegistryStore(RedisEdge):
-    """The registry's operations; reads of the whole state and the audit are RedisEdge's."""
+class RegistryStore(RetentionSweeps):
+    """The registry's operations; reads of the whole state and the audit are RedisEdge's, the
+    retention sweep RetentionSweeps'."""
 
     # -- tenants --------------------------------------------------------------------------------
 
@@ -196,7 +198,8 @@ class RegistryStore(RedisEdge):
                 return
             spec = WriteSpec()
             spec.require_equals(ks.keys, old.key_hmac, text(raw), missing)
-            spec.put(ks.keys, old.key_hmac, encode(old.model_copy(update={"revoked": True})))
+            gone = old.model_copy(update={"revoked": True, "revoked_at": self._clock()})
+            spec.put(ks.keys, old.key_hmac, encode(gone))
             await self._write(
                 spec, actor=actor, action="revoke_key", tenant=tenant_id, target=key_id,
                 before=encode_value({"key_id": key_id, "revoked": False}),
@@ -327,6 +330,7 @@ class RegistryStore(RedisEdge):
         text = template(encode(draft), marker)
         spec.allocate(ks.seq, seq_field("release", tenant_id, alias))
         spec.put(ks.releases, template(tenant_field(tenant_id, draft.id), marker), text)
+        spec.put(ks.seq, last_release_field(tenant_id), template(draft.id, marker))
         spec.put(
             ks.aliases, tenant_field(tenant_id, alias), template(encode(first), marker), nx=True
         )
@@ -359,11 +363,39 @@ class RegistryStore(RedisEdge):
 
     async def list_aliases(self, tenant_id: str) -> list[Alias]:
         check_name(tenant_id, "tenant id")
-        prefix = tenant_field(tenant_id, "")
+        # HSCAN MATCH: Redis filters the fields, only this tenant's aliases cross the wire.
+        match = tenant_field(tenant_id, "*")
+        found: list[Alias] = []
         async with self._guard():
-            raw: Mapping[Any, Any] = await self._redis.hgetall(self.keyspace.aliases)
-        found = [_parse(Alias, v) for k, v in raw.items() if text(k).startswith(prefix)]
+            async for _, raw in self._redis.hscan_iter(self.keyspace.aliases, match, 1000):
+                found.append(_parse(Alias, raw))
         return sorted(found, key=lambda a: a.alias)
+
+    async def list_adapter_versions(self, tenant_id: str) -> list[AdapterVersion]:
+        return await self._scan_tenant(self.keyspace.adapters, tenant_id, AdapterVersion)
+
+    async def list_prompt_versions(self, tenant_id: str) -> list[PromptVersion]:
+        return await self._scan_tenant(self.keyspace.prompts, tenant_id, PromptVersion)
+
+    async def list_releases(self, tenant_id: str) -> list[Release]:
+        return await self._scan_tenant(self.keyspace.releases, tenant_id, Release)
+
+    async def _scan_tenant(self, key: str, tenant_id: str, model: type[R]) -> list[R]:
+        """One tenant's full records of one kind (HSCAN MATCH: only its fields cross the wire)."""
+        check_name(tenant_id, "tenant id")
+        found: list[R] = []
+        async with self._guard():
+            async for _, raw in self._redis.hscan_iter(key, tenant_field(tenant_id, "*"), 1000):
+                found.append(_parse(model, raw))
+        return found
+
+    async def page_tenants(self, cursor: int = 0, limit: int = 100) -> tuple[list[Tenant], int]:
+        """One page of tenants (HSCAN order, sorted within the page) and the next cursor (0: the
+        last page); a page holds about `limit` tenants."""
+        async with self._guard():
+            nxt, raw = await self._redis.hscan(self.keyspace.tenants, cursor, count=limit)
+        assert isinstance(raw, dict)  # without no_values, HSCAN answers field -> value
+        return sorted((_parse(Tenant, v) for v in raw.values()), key=lambda t: t.id), int(nxt)
 
     async def mutate_alias(
         self,

@@ -7,9 +7,12 @@
 --   checks  [{kind = absent|present|equals|revision, key, field, value?, revision?}]
 --   seq     {key, field}  optional: HINCRBY it and substitute the number for every \1 byte in
 --           write fields, write values and audit values (version numbers, release ids)
---   writes  [{key, field, value, nx?}]  nx: only if the field is absent (HSETNX)
+--   writes  [{key, field, value, nx?, del?}]  nx: only if the field is absent (HSETNX);
+--           del: delete the field (HDEL)
 --   audit   [name, value, name, value, ...]
 -- ARGV[2] invalidation channel   ARGV[3] audit stream MAXLEN (approximate)   ARGV[4] '1' or '0'
+-- Publishes on ARGV[2] {epoch, time (the server's, seconds), changes: [[hash key, field, new value
+-- or false when deleted], ...]} (an empty list encodes as {}): snapshots apply just that.
 -- Returns {"ok", seq-or-"", epoch} or {"fail", index of the failed check}.
 local spec = cjson.decode(ARGV[1])
 
@@ -41,11 +44,24 @@ local function fill(s)
   return (string.gsub(s, '\1', n))
 end
 
+-- What changed, for the snapshots: {hash key, field, new value or false (deleted)}.
+local changes = {}
 for _, w in ipairs(spec.writes) do
-  if w.nx then
-    redis.call('HSETNX', KEYS[w.key], fill(w.field), fill(w.value))
+  local f = fill(w.field)
+  if w.del then
+    if redis.call('HDEL', KEYS[w.key], f) == 1 then
+      table.insert(changes, {KEYS[w.key], f, false})
+    end
   else
-    redis.call('HSET', KEYS[w.key], fill(w.field), fill(w.value))
+    local v = fill(w.value)
+    if w.nx then
+      if redis.call('HSETNX', KEYS[w.key], f, v) == 1 then
+        table.insert(changes, {KEYS[w.key], f, v})
+      end
+    else
+      redis.call('HSET', KEYS[w.key], f, v)
+      table.insert(changes, {KEYS[w.key], f, v})
+    end
   end
 end
 
@@ -60,5 +76,8 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(entry))
 if ARGV[4] == '1' then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(entry))
 end
-redis.call('PUBLISH', ARGV[2], epoch)
+local now = redis.call('TIME')
+redis.call('PUBLISH', ARGV[2], cjson.encode({
+  epoch = epoch, time = now[1] .. '.' .. string.format('%06d', tonumber(now[2])), changes = changes,
+}))
 return {'ok', n, epoch}

@@ -79,6 +79,9 @@ class WriteSpec:
     def put(self, key: str, fld: str, value: str, *, nx: bool = False) -> None:
         self.writes.append({"key": self._key(key), "field": fld, "value": value, "nx": nx})
 
+    def delete(self, key: str, fld: str) -> None:
+        self.writes.append({"key": self._key(key), "field": fld, "value": "", "del": True})
+
     def to_json(self, audit: list[str]) -> bytes:
         body: dict[str, Any] = {"checks": self.checks, "writes": self.writes, "audit": audit}
         if self.seq is not None:

@@ -25,7 +25,6 @@ import dataclasses
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +44,6 @@ from gateway.admin.schemas import (
 )
 from gateway.errors import ApiError
 from gateway.settings import Settings
-from registry.models import AdapterVersion, PromptVersion
-from registry.state import RegistryState
 
 TAR_OVERHEAD = 64 * 1024  # tar headers and end-of-archive blocks around the capped file bytes
 DIGEST_HEADER = "x-loragate-digest"
@@ -160,10 +157,10 @@ async def push_adapter(
     return AdapterPushPublic(**version.model_dump(), skipped=list(skipped))
 
 
-def _users(snapshot: RegistryState, tenant: str) -> dict[str, list[dict[str, Any]]]:
-    """release id -> the aliases (and arm) that route to it now."""
+async def _users(state: Any, tenant: str) -> dict[str, list[dict[str, Any]]]:
+    """release id -> the aliases (and arm) that route to it now (read from Redis)."""
     users: dict[str, list[dict[str, Any]]] = {}
-    for alias in snapshot.aliases_of(tenant):
+    for alias in await state.store.list_aliases(tenant):
         if alias.stable is not None:
             users.setdefault(alias.stable, []).append({"alias": alias.alias, "arm": "stable"})
         if alias.canary is not None:
@@ -171,18 +168,12 @@ def _users(snapshot: RegistryState, tenant: str) -> dict[str, list[dict[str, Any
     return users
 
 
-async def _snapshot(state: Any) -> RegistryState:
-    await state.watcher.refresh()
-    snapshot: RegistryState = state.watcher.state
-    return snapshot
-
-
 @router.get("/tenants/{tenant}/releases")
 async def list_releases(tenant: str, state: StateDep, actor: ActorDep) -> list[ReleaseListedPublic]:
     _name(tenant, "tenant id")
-    snapshot = await _snapshot(state)
-    users = _users(snapshot, tenant)
-    rows = [r for (t, _), r in snapshot.releases.items() if t == tenant]
+    await state.store.get_tenant(tenant)  # 404 for an unknown tenant
+    users = await _users(state, tenant)
+    rows = await state.store.list_releases(tenant)
     return [
         ReleaseListedPublic(**r.model_dump(), used_by=users.get(r.id, []))
         for r in sorted(rows, key=lambda r: (r.alias, r.created_at, r.id))
@@ -194,8 +185,13 @@ async def list_adapter_versions(
     tenant: str, state: StateDep, actor: ActorDep
 ) -> list[AdapterVersionListedPublic]:
     _name(tenant, "tenant id")
-    rows = await _versions(state, tenant, "adapter")
-    return [AdapterVersionListedPublic(**row) for row in rows]
+    await state.store.get_tenant(tenant)
+    records = await state.store.list_adapter_versions(tenant)
+    used = await _used_by(state, tenant, "adapter")
+    return [
+        AdapterVersionListedPublic(**r.model_dump(), used_by=used.get(r.ref, []))
+        for r in sorted(records, key=lambda r: (r.name, r.version))
+    ]
 
 
 @router.get("/tenants/{tenant}/prompts")
@@ -203,27 +199,23 @@ async def list_prompt_versions(
     tenant: str, state: StateDep, actor: ActorDep
 ) -> list[PromptVersionListedPublic]:
     _name(tenant, "tenant id")
-    rows = await _versions(state, tenant, "prompt")
-    return [PromptVersionListedPublic(**row) for row in rows]
+    await state.store.get_tenant(tenant)
+    records = await state.store.list_prompt_versions(tenant)
+    used = await _used_by(state, tenant, "prompt")
+    return [
+        PromptVersionListedPublic(**r.model_dump(), ref=r.ref, used_by=used.get(r.ref, []))
+        for r in sorted(records, key=lambda r: (r.name, r.version))
+    ]
 
 
-async def _versions(state: Any, tenant: str, kind: str) -> list[dict[str, Any]]:
-    snapshot = await _snapshot(state)
-    users = _users(snapshot, tenant)
-    table: Mapping[tuple[str, str, int], AdapterVersion | PromptVersion] = (
-        snapshot.adapters if kind == "adapter" else snapshot.prompts
-    )
+async def _used_by(state: Any, tenant: str, kind: str) -> dict[str, list[dict[str, Any]]]:
+    """version ref -> the releases naming it, each with the aliases routing to it now."""
+    users = await _users(state, tenant)
     used: dict[str, list[dict[str, Any]]] = {}
-    for (t, _), release in snapshot.releases.items():
+    for release in await state.store.list_releases(tenant):
         ref = release.adapter if kind == "adapter" else release.prompt
-        if t == tenant and ref is not None:
+        if ref is not None:
             used.setdefault(ref, []).append(
                 {"release": release.id, "aliases": users.get(release.id, [])}
             )
-    out = []
-    for (t, _, _), record in sorted(table.items()):
-        if t != tenant:
-            continue
-        doc = record.model_dump(exclude={"system_prompt"} if kind == "prompt" else set())
-        out.append({**doc, "ref": record.ref, "used_by": used.get(record.ref, [])})
-    return out
+    return used

@@ -92,8 +92,17 @@ async def create_tenant(body: TenantCreate, state: StateDep, actor: ActorDep) ->
 
 
 @router.get("/tenants")
-async def list_tenants(state: StateDep, actor: ActorDep) -> list[TenantPublic]:
-    return [TenantPublic.model_validate(t.model_dump()) for t in await state.store.list_tenants()]
+async def list_tenants(
+    state: StateDep,
+    actor: ActorDep,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+) -> list[TenantPublic]:
+    """One page (about `limit` tenants); `x-next-cursor` is the next page's `cursor` (0: done)."""
+    page, nxt = await state.store.page_tenants(cursor, limit)
+    response.headers["x-next-cursor"] = str(nxt)
+    return [TenantPublic.model_validate(t.model_dump()) for t in page]
 
 
 @router.get("/tenants/{tenant}")

@@ -35,7 +35,7 @@ from adapters.errors import EngineLoadFailed, EngineUnavailable
 from gateway.engines.fairqueue import FairQueue, Flow, TenantQueueFull
 from gateway.engines.routing import Choice, ReplicaView, choose_replica
 from gateway.errors import ApiError
-from registry.models import AdapterVersion
+from registry.compact import AnyAdapter
 
 log = logging.getLogger("loragate.engines")
 # Preloads and other gateway-internal acquires: most urgent band, outside any tenant's share.
@@ -70,7 +70,7 @@ class Replica:
     slow_probes: int = 0  # health probes in a row that timed out
     ejections: int = 0
     ejected_until: float = 0.0
-    resident: OrderedDict[str, AdapterVersion] = field(default_factory=OrderedDict)
+    resident: OrderedDict[str, AnyAdapter] = field(default_factory=OrderedDict)
     users: dict[str, int] = field(default_factory=dict)  # engine name -> requests in flight
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     busy_s: float = 0.0  # seconds with at least one request in flight, up to busy_since
@@ -233,7 +233,7 @@ class EnginePool:
 
     async def acquire(
         self,
-        adapter: AdapterVersion | None,
+        adapter: AnyAdapter | None,
         *,
         exclude: frozenset[str] = frozenset(),
         count: bool = True,
@@ -370,7 +370,7 @@ class EnginePool:
             self._on_wait(flow.tenant, seconds)
 
     # -- residency -------------------------------------------------------------------------------
-    async def ensure_resident(self, replica: Replica, adapter: AdapterVersion) -> None:
+    async def ensure_resident(self, replica: Replica, adapter: AnyAdapter) -> None:
         name = adapter.engine_name
         if name in replica.resident:
             replica.resident.move_to_end(name)
@@ -406,7 +406,7 @@ class EnginePool:
                 await unload_adapter(self.session, replica.url, victim)
             replica.resident.pop(victim, None)
 
-    async def preload(self, adapter: AdapterVersion) -> None:
+    async def preload(self, adapter: AnyAdapter) -> None:
         """Load an adapter on one available replica before its release takes traffic."""
         self.release(await self.acquire(adapter, count=False))
 

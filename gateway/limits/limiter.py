@@ -45,6 +45,7 @@ from gateway.errors import ApiError
 from gateway.limits.quota import LocalCounts, local_admission, period_seconds, ratelimit_headers
 from gateway.observability.metrics import GatewayMetrics, InFlight
 from gateway.settings import Price
+from registry.compact import AnyTenant
 from registry.limits import (
     LimitExceeded,
     LimitStore,
@@ -54,7 +55,6 @@ from registry.limits import (
     Remaining,
     period_window,
 )
-from registry.models import Tenant
 
 log = logging.getLogger("loragate.limits")
 
@@ -164,7 +164,7 @@ class Limiter:
     # -- request path ---------------------------------------------------------------------------
 
     async def admit(
-        self, tenant: Tenant, request_id: str, *, prompt_tokens: int, max_tokens: int | None
+        self, tenant: AnyTenant, request_id: str, *, prompt_tokens: int, max_tokens: int | None
     ) -> Reservation:
         """Reserve what the request may use, or raise ApiError 429 (rate_limited,
         concurrency_limited, budget_exceeded) with Retry-After and x-ratelimit-* headers."""
@@ -362,7 +362,7 @@ class Limiter:
 
     # -- admin view -----------------------------------------------------------------------------
 
-    async def usage(self, tenant: Tenant) -> dict[str, Any]:
+    async def usage(self, tenant: AnyTenant) -> dict[str, Any]:
         """Usage and remaining quota for `GET /admin/v1/tenants/{tenant}` (Redis, else local)."""
         quota = Quota.from_limits(tenant.limits)
         period_id, reset_s = period_window(quota.period, self._clock())

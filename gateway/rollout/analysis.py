@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.observability.windows import ArmStats
-from registry.models import Thresholds
+from registry.compact import AnyThresholds
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def _ms(value: float | None) -> str:
 def decide(
     stable: ArmStats,
     canary: ArmStats,
-    thresholds: Thresholds,
+    thresholds: AnyThresholds,
     *,
     promote_min_requests: int | None = None,
 ) -> Decision:

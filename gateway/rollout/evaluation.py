@@ -40,8 +40,9 @@ from gateway.serving.output_checks import conforms
 from gateway.serving.relay import open_engine, read_answer
 from gateway.serving.render import Limits, Rendering, parse_chat_request, render_engine_body
 from gateway.state import AppState
+from registry.compact import AnyAdapter, AnyAlias
 from registry.errors import RegistryError
-from registry.models import AdapterVersion, Alias, Release
+from registry.models import Release
 
 DEFAULT_MAX_TOKENS = 64
 log = logging.getLogger("loragate.evaluation")
@@ -175,7 +176,7 @@ class EvalRejected(ApiError):
         return body
 
 
-def _rendering(state: AppState, release: Release) -> tuple[Rendering, AdapterVersion | None]:
+def _rendering(state: AppState, release: Release) -> tuple[Rendering, AnyAdapter | None]:
     """The engine request the release makes for its tenants, and the adapter it is served by."""
     snapshot = state.watcher.state
     adapter, _ = snapshot.release_parts(release)
@@ -191,7 +192,7 @@ async def _answer(
     state: AppState,
     release: Release,
     rendering: Rendering,
-    adapter: AdapterVersion | None,
+    adapter: AnyAdapter | None,
     case: Case,
 ) -> str | None:
     """The release's answer to one case, through the tenant path's engine call (retries on
@@ -231,14 +232,15 @@ async def run_release_eval(state: AppState, release: Release) -> EvalReport | No
     return EvalReport(release.id, eval_set.min_pass_rate, tuple(results))
 
 
-async def eval_passes(state: AppState, alias: Alias) -> bool:
+async def eval_passes(state: AppState, alias: AnyAlias) -> bool:
     """The auto-promotion gate: a canary whose evaluation set fails is never promoted by itself."""
     if alias.canary is None:
         return False
-    release = state.watcher.state.release(alias.tenant, alias.canary)
-    if release is None:
+    if state.watcher.state.release(alias.tenant, alias.canary) is None:
         return False
     try:
+        # The snapshot holds no evaluation sets: the full record, on demand.
+        release = await state.store.get_release(alias.tenant, alias.canary)
         report = await run_release_eval(state, release)
     except (ApiError, AdapterError, RegistryError) as exc:
         log.warning("evaluation of %s/%s could not run: %s", alias.tenant, release.id, exc.code)

@@ -25,6 +25,7 @@ from gateway.rollout.analysis import Decision, decide
 from gateway.rollout.evaluation import eval_passes
 from gateway.state import AppState
 from registry import rollout
+from registry.compact import AliasRec, AnyAlias
 from registry.errors import RegistryError, RevisionConflict
 from registry.models import Alias
 from registry.snapshot import SnapshotWatcher
@@ -56,7 +57,7 @@ class CanaryGuard:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        promotion_gate: Callable[[Alias], Awaitable[bool]] | None = None,
+        promotion_gate: Callable[[AnyAlias], Awaitable[bool]] | None = None,
     ) -> None:
         self.windows = windows
         self._store = store
@@ -80,7 +81,7 @@ class CanaryGuard:
                 log.exception("canary guard pass failed")
             await asyncio.sleep(interval_s)
 
-    def judge(self, state: RegistryState, alias: Alias) -> Decision | None:
+    def judge(self, state: RegistryState, alias: AnyAlias) -> Decision | None:
         """The verdict for one alias over the current windows, or None when it is not guarded."""
         if alias.canary is None or alias.stable is None or alias.flags.kill_switch:
             return None
@@ -90,7 +91,11 @@ class CanaryGuard:
         now = self._clock()
         # A concurrent comparison: stable outcomes from before the canary started (another
         # period, another load) do not count. Wall-clock start -> this process's monotonic clock.
-        started = rollout.canary_started_at(alias)
+        started = (
+            alias.canary_started
+            if isinstance(alias, AliasRec)
+            else rollout.canary_started_at(alias)
+        )
         since = None if started is None else now - max(0.0, self._wall() - started)
         stable_key = (alias.tenant, alias.alias, "stable", alias.stable)
         stable = self.windows.stats(stable_key, now=now, since=since)
@@ -103,8 +108,10 @@ class CanaryGuard:
         state = self._watcher.state
         self._prune(state)
         actions: list[Action] = []
-        for (tenant, name), alias in sorted(state.aliases.items()):
-            if self._acted.get((tenant, name)) == alias.revision:
+        # Only aliases running a canary (the index is copied: writes land while this awaits).
+        for tenant, name in sorted(state.canaries):
+            alias = state.aliases.get((tenant, name))
+            if alias is None or self._acted.get((tenant, name)) == alias.revision:
                 continue
             decision = self.judge(state, alias)
             if decision is None:
@@ -115,7 +122,7 @@ class CanaryGuard:
                 actions.append(await self._promote(alias, decision))
         return actions
 
-    async def _may_promote(self, alias: Alias) -> bool:
+    async def _may_promote(self, alias: AnyAlias) -> bool:
         key = (alias.tenant, alias.alias)
         if self._refused.get(key) == alias.revision:
             return False
@@ -125,7 +132,7 @@ class CanaryGuard:
         log.info("auto-promotion of %s/%s held: evaluation failed", alias.tenant, alias.alias)
         return False
 
-    async def _rollback(self, alias: Alias, decision: Decision) -> Action:
+    async def _rollback(self, alias: AnyAlias, decision: Decision) -> Action:
         reason = decision.reason
         now = self._wall()
         won = await self._mutate(
@@ -139,7 +146,7 @@ class CanaryGuard:
             )  # fmt: skip
         return Action(alias.tenant, alias.alias, "auto_rollback", won, decision)
 
-    async def _promote(self, alias: Alias, decision: Decision) -> Action:
+    async def _promote(self, alias: AnyAlias, decision: Decision) -> Action:
         now = self._wall()
         won = await self._mutate(
             alias, "auto_promote", decision.reason, lambda cur: rollout.promote(cur, now=now)
@@ -149,7 +156,7 @@ class CanaryGuard:
         return Action(alias.tenant, alias.alias, "auto_promote", won, decision)
 
     async def _mutate(
-        self, alias: Alias, action: str, reason: str, change: Callable[[Alias], Alias]
+        self, alias: AnyAlias, action: str, reason: str, change: Callable[[Alias], Alias]
     ) -> bool:
         key = (alias.tenant, alias.alias)
         try:
@@ -172,13 +179,14 @@ class CanaryGuard:
         return True
 
     def _prune(self, state: RegistryState) -> None:
-        live: set[tuple[str, str, str, str]] = set()
-        for (tenant, name), alias in state.aliases.items():
-            if alias.stable is not None:
-                live.add((tenant, name, "stable", alias.stable))
-            if alias.canary is not None:
-                live.add((tenant, name, "canary", alias.canary))
-        self.windows.prune(live.__contains__)
+        def live(key: tuple[str, str, str, str]) -> bool:
+            tenant, name, arm, release = key
+            alias = state.aliases.get((tenant, name))
+            if alias is None:
+                return False
+            return release == (alias.stable if arm == "stable" else alias.canary)
+
+        self.windows.prune(live)  # per window held, not per alias registered
         self._acted = {k: v for k, v in self._acted.items() if k in state.aliases}
         self._refused = {k: v for k, v in self._refused.items() if k in state.aliases}
 
@@ -189,7 +197,7 @@ def start_guard(state: AppState) -> asyncio.Task[None] | None:
     if not config.enabled:
         return None
 
-    async def gate(alias: Alias) -> bool:
+    async def gate(alias: AnyAlias) -> bool:
         return await eval_passes(state, alias)
 
     guard = CanaryGuard(

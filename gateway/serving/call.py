@@ -22,19 +22,20 @@ from gateway.observability.requestlog import CANCELLED_STATUS, emit, request_rec
 from gateway.observability.tracing import RequestTrace
 from gateway.serving.output_checks import Verdict
 from gateway.state import AppState
-from registry.models import AdapterVersion, ApiKey, Arm, Release, Tenant
+from registry.compact import AnyAdapter, AnyKey, AnyRelease, AnyTenant
+from registry.models import Arm
 
 
 @dataclass(slots=True)
 class Call:
     request_id: str
     started: float
-    tenant: Tenant | None = None
-    key: ApiKey | None = None
+    tenant: AnyTenant | None = None
+    key: AnyKey | None = None
     alias: str = "unknown"
-    release: Release | None = None
+    release: AnyRelease | None = None
     arm: Arm = "stable"
-    adapter: AdapterVersion | None = None
+    adapter: AnyAdapter | None = None
     flow: Flow | None = None  # the fair queue's (tenant, weight, band); set by resolve()
     overhead: float = 0.0
     prompt_tokens: int = 0

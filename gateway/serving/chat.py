@@ -41,16 +41,12 @@ from gateway.serving.sse import error_event
 from gateway.serving.tools import ToolPolicy
 from gateway.state import AppState
 from registry.canary import select_arm
+from registry.compact import AnyAdapter, AnyKey, AnyPrompt, AnyRelease, AnyTenant
 from registry.errors import RegistryUnavailable
 from registry.models import (
     PRIORITY_CLASSES,
-    AdapterVersion,
-    ApiKey,
     Arm,
     PriorityClass,
-    PromptVersion,
-    Release,
-    Tenant,
 )
 from registry.secrets import cache_salt, hash_key
 from registry.state import RegistryState
@@ -68,7 +64,7 @@ __all__ = [
 log = logging.getLogger("loragate.chat")
 
 
-async def authenticate(state: AppState, authorization: str | None) -> tuple[Tenant, ApiKey]:
+async def authenticate(state: AppState, authorization: str | None) -> tuple[AnyTenant, AnyKey]:
     """Known keys are answered from the snapshot (no Redis call). A key the snapshot does not know
     is asked of Redis once, under the store's hard timeout: it may have been issued a moment ago
     on another gateway process. When Redis cannot answer, the caller gets 503, never 401."""
@@ -79,7 +75,7 @@ async def authenticate(state: AppState, authorization: str | None) -> tuple[Tena
         raise ApiError("invalid_api_key", "Invalid API key.")
     snapshot = state.watcher.state
     key_hmac = hash_key(state.hmac_secret, token)
-    record = snapshot.tenant_for_key(key_hmac)
+    record: AnyKey | None = snapshot.tenant_for_key(key_hmac)
     if record is None:
         try:
             record = await state.store.find_key(key_hmac)
@@ -95,7 +91,7 @@ async def authenticate(state: AppState, authorization: str | None) -> tuple[Tena
     return tenant, record
 
 
-def flow_of(state: AppState, tenant: Tenant, priority: PriorityClass | None = None) -> Flow:
+def flow_of(state: AppState, tenant: AnyTenant, priority: PriorityClass | None = None) -> Flow:
     """The tenant's place in the fair queue: its weight and class (registry, else its plan's);
     an alias's `priority` flag overrides the class."""
     plan = state.settings.scheduling_for(tenant.plan)
@@ -130,15 +126,17 @@ def resolve(state: AppState, snapshot: RegistryState, call: Call, chat: ChatRequ
 def render_release(
     state: AppState,
     snapshot: RegistryState,
-    tenant: Tenant,
-    release: Release,
+    tenant: AnyTenant,
+    release: AnyRelease,
     *,
     base_model_only: bool = False,
-) -> tuple[Rendering, AdapterVersion | None]:
+) -> tuple[Rendering, AnyAdapter | None]:
     """What a release contributes to an engine request, and the adapter it is served through.
     The tenant path and the evaluation gate both render here, so a release is evaluated as it
     is served. `base_model_only`: the kill switch (base model with the release's prompt)."""
-    adapter, prompt = snapshot.release_parts(release)
+    parts = snapshot.release_parts(release)
+    adapter: AnyAdapter | None = parts[0]
+    prompt = parts[1]
     if base_model_only:
         adapter = None
     if adapter is None:
@@ -160,13 +158,13 @@ def render_release(
     return rendering, adapter
 
 
-def _tool_policy(prompt: PromptVersion | None) -> ToolPolicy:
+def _tool_policy(prompt: AnyPrompt | None) -> ToolPolicy:
     if prompt is None or (prompt.tool_use == "allow" and prompt.allowed_tools is None):
         return ALLOW_TOOLS
     return ToolPolicy(prompt.tool_use, prompt.allowed_tools)
 
 
-def limits_for(state: AppState, tenant: Tenant) -> Limits:
+def limits_for(state: AppState, tenant: AnyTenant) -> Limits:
     return Limits(
         max_messages=state.settings.max_messages,
         max_n=tenant.limits.max_n or state.settings.max_n,

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import orjson
 
-from registry.models import Release
+from registry.compact import AnyRelease
 from registry.state import RegistryState
 
 
@@ -51,7 +51,7 @@ class OutputGuard:
         return self.schema is not None or bool(self.refusals)
 
     @classmethod
-    def for_release(cls, state: RegistryState, release: Release | None) -> OutputGuard:
+    def for_release(cls, state: RegistryState, release: AnyRelease | None) -> OutputGuard:
         if release is None:
             return cls()
         _, prompt = state.release_parts(release)

@@ -17,8 +17,9 @@ from gateway.observability.windows import Windows
 from gateway.rollout.guard import ACTOR, CanaryGuard
 from gateway.settings import CanaryConfig
 from registry import rollout
+from registry.compact import AliasRec, AnyAlias, alias_rec
 from registry.errors import RegistryUnavailable
-from registry.models import Alias, Thresholds
+from registry.models import Thresholds
 from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
 from tests.fixtures.redis import RedisServer
@@ -92,7 +93,9 @@ async def test_bad_canary_is_rolled_back_with_the_numbers_in_the_audit(
     assert (action.action, action.won) == ("auto_rollback", True)
     alias = await registry_store.get_alias("acme", "support")
     assert (alias.stable, alias.canary, alias.canary_weight) == ("support-r1", None, 0.0)
-    assert gw.watcher.state.alias("acme", "support") == alias  # refreshed: routing stops at once
+    assert gw.watcher.state.alias("acme", "support") == alias_rec(
+        alias
+    )  # refreshed: routing stops at once
     entry = (await registry_store.audit("acme", 1))[0]
     assert (entry["action"], entry["actor"]) == ("auto_rollback", ACTOR)
     assert "error rate 1.000 vs stable 0.000" in entry["reason"]
@@ -234,7 +237,7 @@ async def test_auto_promotion_after_a_clean_window_is_opt_in(
                                                             promote_min_requests=50))  # fmt: skip
     gate_calls: list[str] = []
 
-    async def gate(alias: Alias) -> bool:
+    async def gate(alias: AnyAlias) -> bool:
         gate_calls.append(str(alias.canary))
         return len(gate_calls) > 1  # the first evaluation fails, a later revision passes
 
@@ -262,7 +265,7 @@ async def test_auto_promotion_after_a_clean_window_is_opt_in(
         await gw.watcher.stop()
 
 
-def _alias(gw: Gateway) -> Alias:
+def _alias(gw: Gateway) -> AliasRec:
     alias = gw.watcher.state.alias("acme", "support")
     assert alias is not None
     return alias

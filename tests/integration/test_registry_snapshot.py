@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
+from registry.compact import key_rec
 from registry.errors import RegistryUnavailable
 from registry.secrets import hash_key
 from registry.snapshot import SnapshotWatcher
@@ -62,12 +63,12 @@ async def test_snapshot_converges_within_a_second(
     epoch = await store.epoch()
     assert await watcher.wait_for_epoch(epoch, timeout=1.0)
     state = watcher.state
-    assert state.tenant_for_key(hash_key(REGISTRY_SECRET, api_key)) == record
+    assert state.tenant_for_key(hash_key(REGISTRY_SECRET, api_key)) == key_rec(record)
     alias = state.alias("acme", "chat")
     assert alias is not None
     assert alias.stable == release.id
     assert [a.alias for a in state.aliases_of("acme")] == ["chat"]
-    adapter, prompt = state.release_parts(state.release("acme", release.id))  # type: ignore[arg-type]
+    adapter, prompt = state.release_parts(state.release("acme", release.id))
     assert adapter is None
     assert prompt is not None
     assert prompt.system_prompt == "hi"
@@ -182,3 +183,69 @@ async def test_watcher_starts_while_redis_is_down(
         await watcher.stop()
     leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("registry-")]
     assert leftovers == []
+
+
+async def test_three_gateways_apply_each_write_without_a_full_load(
+    private_client: aioredis.Redis, redis_private: RedisServer
+) -> None:
+    """Three watchers (three gateways, a client each) follow every write from its published
+    changes alone, and all equal a full load afterwards."""
+    clients = [aioredis.Redis.from_url(redis_private.url, socket_timeout=1.0) for _ in range(3)]
+    store = RegistryStore(private_client, REGISTRY_SECRET, timeout=STORE_TIMEOUT)
+    watchers = [
+        SnapshotWatcher(RegistryStore(c, REGISTRY_SECRET, timeout=STORE_TIMEOUT), c,
+                        poll_interval=30.0)
+        for c in clients
+    ]  # fmt: skip
+    try:
+        for watcher in watchers:
+            await watcher.start()
+        await store.create_tenant("acme", actor="root")
+        record, _ = await store.issue_key("acme", actor="root")
+        await store.register_prompt_version("acme", "p", system_prompt="hi", actor="root")
+        await store.create_release("acme", "chat", prompt="p@1", actor="root")
+        await store.revoke_key("acme", record.key_id, actor="root")
+        epoch = await store.epoch()
+        full = await store.load_state()
+        for watcher in watchers:
+            assert await watcher.wait_for_epoch(epoch, timeout=5.0)
+            assert watcher.state == full
+            assert watcher.full_loads == 1  # the start only
+    finally:
+        for watcher in watchers:
+            await watcher.stop()
+        for c in clients:
+            await c.aclose()
+
+
+async def test_a_gap_in_the_epochs_loads_everything(
+    private_client: aioredis.Redis, redis_private: RedisServer
+) -> None:
+    store = RegistryStore(private_client, REGISTRY_SECRET, timeout=STORE_TIMEOUT)
+    watcher = SnapshotWatcher(store, private_client, poll_interval=30.0)
+    await watcher.start()
+    try:
+        await store.create_tenant("acme", actor="root")
+        assert await watcher.wait_for_epoch(1, timeout=5.0)
+        # A write whose message never came (epoch 2), then one that does (epoch 3).
+        await private_client.hset(store.keyspace.tenants, "ghost", b'{"id": "ghost"}')
+        await private_client.incr(store.keyspace.epoch)
+        await store.create_tenant("beta", actor="root")
+        assert await watcher.wait_for_epoch(3, timeout=5.0)
+        assert set(watcher.state.tenants) == {"acme", "ghost", "beta"}
+        assert watcher.full_loads == 2
+        assert watcher.state == await store.load_state()
+    finally:
+        await watcher.stop()
+
+
+async def test_refresh_catches_up_from_the_changes(
+    watched: tuple[RegistryStore, SnapshotWatcher],
+) -> None:
+    """What the admin routes call after a write: it waits for the write's own change, no reload."""
+    store, watcher = watched
+    loads = watcher.full_loads
+    await store.create_tenant("acme", actor="root")
+    await watcher.refresh()
+    assert "acme" in watcher.state.tenants
+    assert watcher.full_loads == loads

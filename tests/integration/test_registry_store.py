@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from adapters.artifact import ArtifactInfo
 from registry import rollout
+from registry.compact import key_rec
 from registry.errors import (
     AlreadyExists,
     InvalidName,
@@ -107,7 +108,7 @@ async def test_tenants_and_keys(registry_store: RegistryStore) -> None:
     assert len(api_key) == 46
     assert record.key_hmac == hash_key(REGISTRY_SECRET, api_key)
     state = await store.load_state()
-    assert state.tenant_for_key(record.key_hmac) == record
+    assert state.tenant_for_key(record.key_hmac) == key_rec(record)
     await store.revoke_key("acme", record.key_id, actor="root")
     await store.revoke_key("acme", record.key_id, actor="root")  # idempotent
     assert (await store.load_state()).tenant_for_key(record.key_hmac) is None
@@ -240,3 +241,30 @@ async def test_concurrent_writers_one_winner_per_revision(registry_store: Regist
     assert (
         sum(1 for e in audit if e["target"] == "support" and e["reason"].startswith("w")) == writers
     )
+
+
+async def test_tenant_pages_cover_every_tenant_once(registry_store: RegistryStore) -> None:
+    """Past Redis's small-hash encoding (128 fields), HSCAN pages for real."""
+    ids = {f"t{i:03d}" for i in range(300)}
+    for t in sorted(ids):
+        await registry_store.create_tenant(t, actor="root")
+    seen: list[str] = []
+    cursor, pages = 0, 0
+    while True:
+        page, cursor = await registry_store.page_tenants(cursor, limit=50)
+        seen += [t.id for t in page]
+        pages += 1
+        assert pages < 100
+        if cursor == 0:
+            break
+    assert pages > 1
+    assert sorted(seen) == sorted(ids)  # every tenant, none twice
+
+
+async def test_list_aliases_reads_only_that_tenant(registry_store: RegistryStore) -> None:
+    for tenant in ("acme", "acme2", "beta"):
+        await registry_store.create_tenant(tenant, actor="root")
+        await registry_store.create_release(tenant, "chat", actor="root")
+    await registry_store.create_release("acme", "other", actor="root")
+    assert [a.alias for a in await registry_store.list_aliases("acme")] == ["chat", "other"]
+    assert [a.tenant for a in await registry_store.list_aliases("acme2")] == ["acme2"]

@@ -76,6 +76,19 @@ async def test_s3_only_the_admin_token_opens_admin_routes(
     # nothing the refused requests carried was written
     tenants = await gw.admin("GET", "/tenants")
     assert sorted(t["id"] for t in tenants) == ["t1", "t9"]
+    paged, cursor = [], "0"
+    for _ in range(10):  # pages of one: every tenant once, then cursor 0
+        r = await gw.client.get(
+            f"/admin/v1/tenants?limit=1&cursor={cursor}", headers=gw.bearer(gw.admin_token)
+        )
+        paged += [t["id"] for t in r.json()]
+        cursor = r.headers["x-next-cursor"]
+        if cursor == "0":
+            break
+    assert sorted(paged) == ["t1", "t9"]
+    for bad in ("limit=0", "limit=1001", "cursor=-1", f"cursor={2**64}"):
+        r = await gw.client.get(f"/admin/v1/tenants?{bad}", headers=gw.bearer(gw.admin_token))
+        assert r.status_code == 422, bad
 
 
 def _hostile_names() -> list[str]:
