@@ -526,7 +526,7 @@ MODEL_ERRORS = (401, 404, 503)
 ADMIN_ERRORS = (401, 503)  # every admin operation: the token, the registry
 ADMIN_EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/admin/v1/tenants"): (409, 422),
-    ("get", "/admin/v1/tenants"): (),
+    ("get", "/admin/v1/tenants"): (422,),  # limit and cursor out of range
     ("get", "/admin/v1/tenants/{tenant}"): (404, 422),
     ("patch", "/admin/v1/tenants/{tenant}"): (404, 422),
     ("post", "/admin/v1/tenants/{tenant}/keys"): (404, 422),
@@ -542,6 +542,10 @@ ADMIN_EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/admin/v1/tenants/{tenant}/models/{alias}/rollback"): (404, 409, 422),
     ("put", "/admin/v1/tenants/{tenant}/models/{alias}/flags"): (404, 409, 422),
     ("get", "/admin/v1/audit"): (422,),
+    ("post", "/admin/v1/tenants/{tenant}/adapters/{adapter}/uploads"): (404, 413, 422),
+    ("get", "/admin/v1/tenants/{tenant}/adapters"): (404, 422),
+    ("get", "/admin/v1/tenants/{tenant}/prompts"): (404, 422),
+    ("get", "/admin/v1/tenants/{tenant}/releases"): (404, 422),
 }
 
 DOCUMENTED_SCHEMAS = (
