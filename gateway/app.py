@@ -30,6 +30,7 @@ from gateway.admin import routes as admin_api
 from gateway.engines.pool import EnginePool, PoolConfig
 from gateway.errors import ApiError, from_domain
 from gateway.limits.limiter import Limiter
+from gateway.observability.fleet import FleetWindows
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.windows import Windows
 from gateway.openapi import install_openapi
@@ -40,6 +41,7 @@ from gateway.serving.chat import handle_chat
 from gateway.settings import Settings
 from gateway.state import AppState
 from registry.errors import RegistryError
+from registry.fleet import FleetStore
 from registry.limits import LimitStore
 from registry.models import AdapterVersion
 from registry.snapshot import SnapshotWatcher
@@ -128,6 +130,14 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             on_route=metrics.count_adapter_request,
             on_load=metrics.count_adapter_load,
         )
+        windows = Windows(settings.canary)
+        limiter = Limiter(
+            LimitStore(limits_redis, timeout=max(settings.redis_timeout_s * 4, 0.05)),
+            metrics,
+            settings.price_for,
+            default_max_tokens=settings.default_max_tokens_cap,
+        )
+        fleet_store = FleetStore(redis, timeout=max(settings.redis_timeout_s * 4, 0.05))
         state = AppState(
             settings=settings,
             redis=redis,
@@ -138,13 +148,15 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             metrics=metrics,
             hmac_secret=secret,
             admin_token=settings.admin_token.get_secret_value(),
-            limiter=Limiter(
-                LimitStore(limits_redis, timeout=max(settings.redis_timeout_s * 4, 0.05)),
+            limiter=limiter,
+            fleet=FleetWindows(
+                windows,
+                fleet_store if settings.canary.fleet else None,
+                limiter.process_id,
                 metrics,
-                settings.price_for,
-                default_max_tokens=settings.default_max_tokens_cap,
+                lease_s=settings.canary.fleet_lease_s,
             ),
-            canary_windows=Windows(settings.canary),
+            canary_windows=windows,
             base_adapter=_base_adapter(settings),
         )
         app.state.lg = state

@@ -25,7 +25,12 @@ class CanaryConfig(BaseModel):
     enabled: bool = True
     interval_s: float = Field(default=1.0, gt=0)
     window_s: float = Field(default=300.0, gt=0)
-    max_samples: int = Field(default=2000, ge=10)  # per (tenant, alias, arm, release)
+    max_samples: int = Field(default=2000, ge=10)  # per (tenant, alias, release, arm)
+    # Each guard pass (every interval_s) publishes this process's windows of the aliases with a
+    # canary in progress; a process that stops publishing leaves the fleet's sum after
+    # fleet_lease_s.
+    fleet: bool = True
+    fleet_lease_s: float = Field(default=5.0, gt=0)
     # Auto-promotion (off by default): after `promote_min_requests` clean canary requests in the
     # window, with both arms above the minimum sample and nothing exceeded, the canary is promoted.
     auto_promote: bool = False

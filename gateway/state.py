@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from gateway.engines.pool import EnginePool
 from gateway.limits.limiter import Limiter
 from gateway.observability.engine_time import EngineTime
+from gateway.observability.fleet import FleetWindows
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.windows import Windows
 from gateway.settings import CanaryConfig, Settings
@@ -30,6 +31,8 @@ class AppState:
     hmac_secret: bytes
     admin_token: str
     limiter: Limiter  # tenant limits: admit before the engine, settle after
+    # the fleet's canary windows: this process's `canary_windows`, published and summed in Redis
+    fleet: FleetWindows
     # engine adapter names -> requests in flight, so old versions unload only when unused
     draining: set[str] = field(default_factory=set)
     # canary analysis: outcome windows fed by the chat pipeline, judged by gateway/rollout/guard.py

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters.errors import EngineError
 from gateway.errors import ApiError
+from gateway.rollout import status as rollout_status
 from gateway.rollout.evaluation import evaluate_alias, gate_promotion
 from gateway.state import AppState
 from registry import rollout
@@ -351,6 +352,22 @@ async def _mutate(
     return alias_view(record)
 
 
+@router.get("/tenants/{tenant}/models/{alias}/canary")
+async def canary_status(
+    tenant: str, alias: str, state: StateDep, actor: ActorDep
+) -> dict[str, Any]:
+    """The canary's fleet-wide numbers per arm, the guard's verdict and what would trip."""
+    record = await state.store.get_alias(_name(tenant, "tenant id"), _name(alias, "alias"))
+    return await rollout_status.canary_status(state, record)
+
+
+async def _with_numbers(state: AppState, tenant: str, alias: str, reason: str) -> str:
+    """A manual promote/rollback's audit reason, with the fleet's canary numbers at that time."""
+    current = state.watcher.state.alias(_name(tenant, "tenant id"), _name(alias, "alias"))
+    note = "" if current is None else await rollout_status.numbers_note(state, current)
+    return f"{reason} ({note})" if reason and note else reason or note
+
+
 @router.post("/tenants/{tenant}/models/{alias}/canary")
 async def canary(
     tenant: str, alias: str, body: CanaryBody, state: StateDep, actor: ActorDep
@@ -383,6 +400,7 @@ async def promote(
         expected_revision=body.expected_revision, skip=body.skip_eval,
     )  # fmt: skip
     now = time.time()
+    reason = await _with_numbers(state, tenant, alias, body.reason)
     return await _mutate(
         state,
         tenant,
@@ -390,7 +408,7 @@ async def promote(
         body.expected_revision,
         lambda current: rollout.promote(current, now=now),
         "promote",
-        body.reason,
+        reason,
         actor,
     )
 
@@ -414,6 +432,7 @@ async def rollback(
     tenant: str, alias: str, body: RollbackBody, state: StateDep, actor: ActorDep
 ) -> dict[str, Any]:
     now = time.time()
+    reason = await _with_numbers(state, tenant, alias, body.reason)
     return await _mutate(
         state,
         tenant,
@@ -421,7 +440,7 @@ async def rollback(
         body.expected_revision,
         lambda current: rollout.rollback(current, body.reason, now=now),
         "rollback",
-        body.reason,
+        reason,
         actor,
     )
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-Key = tuple[str, str, str, str]  # tenant, model (alias), release, arm
+from gateway.observability.series import SeriesKey as Key
 
 
 class EngineTime:

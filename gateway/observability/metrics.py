@@ -32,6 +32,8 @@ from typing import Generic, Literal, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from gateway.observability.series import SeriesKey
+
 UNKNOWN = "unknown"
 
 Arm = Literal["stable", "canary"]
@@ -261,6 +263,13 @@ class GatewayMetrics:
                                     ("tenant", "model"))
         self._auto_rollbacks = counter("loragate_auto_rollbacks",
                                        "Automatic canary rollbacks.", ("tenant", "model"))
+        self._canary_fallback = Gauge("loragate_canary_local_fallback",
+                                      "1 while the canary guard judges this process's own windows "
+                                      "because the fleet's (Redis) did not answer.",
+                                      registry=registry)
+        self._canary_gateways = Gauge("loragate_canary_fleet_gateways",
+                                      "Gateway processes in the canary guard's last fleet sum.",
+                                      registry=registry)
         self._limit_rejections = counter("loragate_limit_rejections",
                                          "Requests rejected by a tenant limit.",
                                          ("tenant", "code"))
@@ -389,12 +398,10 @@ class GatewayMetrics:
             overhead=self._overhead.get((key[0],)),
         )
 
-    def add_engine_seconds(self, shares: Mapping[tuple[str, str, str, str], float]) -> None:
-        for (tenant, model, release, arm), seconds in shares.items():
+    def add_engine_seconds(self, shares: Mapping[SeriesKey, float]) -> None:
+        for key, seconds in shares.items():
             if seconds > 0:
-                self._engine_seconds.get(self._release_key(tenant, model, release, arm)).inc(
-                    seconds
-                )
+                self._engine_seconds.get(self._release_key(*key)).inc(seconds)
 
     def observe_ttft(self, tenant: str, model: str, release: str, arm: str, ttft_s: float) -> None:
         self._ttft.get(self._release_key(tenant, model, release, arm)).observe(ttft_s)
@@ -471,6 +478,10 @@ class GatewayMetrics:
         if (tenant, model) in self._universe.models:
             self._canary_weight.get((tenant, model)).set(weight)
             self._auto_rollbacks.get((tenant, model))
+
+    def set_canary_fleet(self, *, fallback: bool, gateways: int) -> None:
+        self._canary_fallback.set(1 if fallback else 0)
+        self._canary_gateways.set(gateways)
 
     def count_auto_rollback(self, tenant: str, model: str) -> None:
         t, m, _ = bound(self._universe, tenant, model, UNKNOWN)

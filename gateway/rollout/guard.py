@@ -5,7 +5,13 @@ gateway process or this loop may all move the alias at the same time; the compar
 exactly one of them win. A loser sees RevisionConflict and simply judges again on the next snapshot.
 The audit entry carries the triggering numbers (`Decision.reason`), the actor is `canary-guard`.
 
-    guard = CanaryGuard(windows, store, watcher, metrics)
+Why every process judges the *fleet's* numbers (gateway/observability/fleet.py): with 3 gateways
+each sees a third of the traffic; judged alone, each would need three times as long to reach the
+minimum sample and each would act on a different sample. Each pass publishes this process's
+windows and reads the sum over the live gateways in one round trip, so all processes reach the
+same verdict within one interval and the compare-and-set picks one writer.
+
+    guard = CanaryGuard(FleetWindows(windows, FleetStore(redis), "gw-1", metrics), store, ...)
     task = asyncio.create_task(guard.run(interval_s=1.0))   # in the lifespan
     await guard.tick()                                       # one pass (tests)
 """
@@ -19,14 +25,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gateway.observability.fleet import Arms, FleetWindows
 from gateway.observability.metrics import GatewayMetrics
-from gateway.observability.windows import Windows
+from gateway.observability.series import SeriesKey
 from gateway.rollout.analysis import Decision, decide
 from gateway.rollout.evaluation import eval_passes
+from gateway.settings import CanaryConfig
 from gateway.state import AppState
 from registry import rollout
 from registry.errors import RegistryError, RevisionConflict
-from registry.models import Alias
+from registry.models import Alias, Thresholds
 from registry.snapshot import SnapshotWatcher
 from registry.state import RegistryState
 from registry.store import RegistryStore
@@ -49,20 +57,18 @@ class Action:
 class CanaryGuard:
     def __init__(
         self,
-        windows: Windows,
+        fleet: FleetWindows,
         store: RegistryStore,
         watcher: SnapshotWatcher,
         metrics: GatewayMetrics,
         *,
-        clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         promotion_gate: Callable[[Alias], Awaitable[bool]] | None = None,
     ) -> None:
-        self.windows = windows
+        self.fleet = fleet
         self._store = store
         self._watcher = watcher
         self._metrics = metrics
-        self._clock = clock
         self._wall = wall_clock
         self._gate = promotion_gate
         # (tenant, alias) -> revision already acted on, so a lost race is not retried every tick.
@@ -80,35 +86,24 @@ class CanaryGuard:
                 log.exception("canary guard pass failed")
             await asyncio.sleep(interval_s)
 
-    def judge(self, state: RegistryState, alias: Alias) -> Decision | None:
-        """The verdict for one alias over the current windows, or None when it is not guarded."""
-        if alias.canary is None or alias.stable is None or alias.flags.kill_switch:
+    async def judge(self, state: RegistryState, alias: Alias) -> Decision | None:
+        """The verdict for one alias over the fleet's windows, or None when it is not guarded."""
+        if not guarded(state, alias):
             return None
-        release = state.release(alias.tenant, alias.canary)
-        if release is None:
-            return None
-        now = self._clock()
-        # A concurrent comparison: stable outcomes from before the canary started (another
-        # period, another load) do not count. Wall-clock start -> this process's monotonic clock.
-        started = rollout.canary_started_at(alias)
-        since = None if started is None else now - max(0.0, self._wall() - started)
-        stable_key = (alias.tenant, alias.alias, "stable", alias.stable)
-        stable = self.windows.stats(stable_key, now=now, since=since)
-        canary = self.windows.stats((alias.tenant, alias.alias, "canary", alias.canary), now=now)
-        config = self.windows.config
-        promote_min = config.promote_min_requests if config.auto_promote else None
-        return decide(stable, canary, release.thresholds, promote_min_requests=promote_min)
+        arms = (await self.fleet.exchange([alias]))[(alias.tenant, alias.alias)]
+        return verdict(state, alias, arms, self.fleet.windows.config)
 
     async def tick(self) -> list[Action]:
         state = self._watcher.state
         self._prune(state)
+        aliases = [a for _, a in sorted(state.aliases.items()) if guarded(state, a)]
+        fleet = await self.fleet.exchange(aliases)  # publishes even the ones acted on: cheap
         actions: list[Action] = []
-        for (tenant, name), alias in sorted(state.aliases.items()):
-            if self._acted.get((tenant, name)) == alias.revision:
+        for alias in aliases:
+            if self._acted.get((alias.tenant, alias.alias)) == alias.revision:
                 continue
-            decision = self.judge(state, alias)
-            if decision is None:
-                continue
+            decision = verdict(state, alias, fleet[(alias.tenant, alias.alias)],
+                               self.fleet.windows.config)  # fmt: skip
             if decision.action == "rollback" and alias.flags.auto_rollback:
                 actions.append(await self._rollback(alias, decision))
             elif decision.action == "promote" and await self._may_promote(alias):
@@ -172,19 +167,45 @@ class CanaryGuard:
         return True
 
     def _prune(self, state: RegistryState) -> None:
-        live: set[tuple[str, str, str, str]] = set()
+        live: set[SeriesKey] = set()
         for (tenant, name), alias in state.aliases.items():
             if alias.stable is not None:
-                live.add((tenant, name, "stable", alias.stable))
+                live.add(SeriesKey(tenant, name, alias.stable, "stable"))
             if alias.canary is not None:
-                live.add((tenant, name, "canary", alias.canary))
-        self.windows.prune(live.__contains__)
+                live.add(SeriesKey(tenant, name, alias.canary, "canary"))
+        self.fleet.windows.prune(live.__contains__)
         self._acted = {k: v for k, v in self._acted.items() if k in state.aliases}
         self._refused = {k: v for k, v in self._refused.items() if k in state.aliases}
 
 
+def guarded(state: RegistryState, alias: Alias) -> bool:
+    """A canary in progress that the guard judges (and the fleet publishes windows for)."""
+    return (
+        alias.canary is not None
+        and alias.stable is not None
+        and not alias.flags.kill_switch
+        and state.release(alias.tenant, alias.canary) is not None
+    )
+
+
+def verdict(state: RegistryState, alias: Alias, arms: Arms, config: CanaryConfig) -> Decision:
+    """The decision over `arms` against the canary release's thresholds (guard, admin status)."""
+    assert alias.canary is not None
+    release = state.release(alias.tenant, alias.canary)
+    thresholds = release.thresholds if release is not None else Thresholds()
+    promote_min = config.promote_min_requests if config.auto_promote else None
+    scope = (
+        f"fleet totals over {arms.gateways} gateway process(es)"
+        if arms.source == "fleet"
+        else "local windows of this process (fleet numbers unavailable)"
+    )
+    return decide(
+        arms.stable, arms.canary, thresholds, promote_min_requests=promote_min, scope=scope
+    )
+
+
 def start_guard(state: AppState) -> asyncio.Task[None] | None:
-    """The lifespan hook: the guard loop over this process's windows (None when disabled)."""
+    """The lifespan hook: the guard loop over the fleet's windows (None when disabled)."""
     config = state.canary_windows.config
     if not config.enabled:
         return None
@@ -192,9 +213,7 @@ def start_guard(state: AppState) -> asyncio.Task[None] | None:
     async def gate(alias: Alias) -> bool:
         return await eval_passes(state, alias)
 
-    guard = CanaryGuard(
-        state.canary_windows, state.store, state.watcher, state.metrics, promotion_gate=gate
-    )
+    guard = CanaryGuard(state.fleet, state.store, state.watcher, state.metrics, promotion_gate=gate)
     return asyncio.create_task(guard.run(config.interval_s), name="canary-guard")
 
 

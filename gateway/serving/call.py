@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from gateway.errors import status_of
 from gateway.limits.limiter import Reservation
 from gateway.observability.requestlog import CANCELLED_STATUS, emit, request_record
+from gateway.observability.series import SeriesKey
 from gateway.serving.output_checks import Verdict
 from gateway.state import AppState
 from registry.models import AdapterVersion, ApiKey, Arm, Release, Tenant
@@ -90,19 +91,15 @@ def finish(state: AppState, call: Call, code: str) -> None:
         completion_tokens=call.completion_tokens,
         cost=cost,
     )
+    series = SeriesKey(call.tenant_id, call.alias, call.release_id, call.arm)
     state.canary_windows.observe(
-        call.tenant_id, call.alias, call.arm, call.release_id, status, duration,
-        call.verdict.refusal, call.verdict.schema_violation,
-    )  # fmt: skip
+        series, status, duration, call.verdict.refusal, call.verdict.schema_violation
+    )
     if status != "ok":
         state.metrics.count_error(call.tenant_id, code)
     engine = call.headers.get("x-loragate-engine")
     if engine is not None:
-        state.engine_time.add_tokens(
-            engine,
-            (call.tenant_id, call.alias, call.release_id, call.arm),
-            call.prompt_tokens + call.completion_tokens,
-        )
+        state.engine_time.add_tokens(engine, series, call.prompt_tokens + call.completion_tokens)
     if state.settings.request_log:
         _log(call, engine, code, status, duration, cost)
 

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.demo.panels import has_data
 from gateway.observability.metrics import GatewayMetrics, InFlight
+from gateway.observability.series import SeriesKey
 from tests.fixtures.prometheus import MetricsEndpoint, PrometheusServer, panel_failures
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +49,7 @@ def synthetic_metrics() -> tuple[GatewayMetrics, list[InFlight]]:
 def feed(metrics: GatewayMetrics) -> None:
     for tenant, (model, stable, canary) in TENANTS.items():
         for arm, release, slow in (("stable", stable, 1.0), ("canary", canary, 1.5)):
-            args = (tenant, model, release, arm)
+            args = SeriesKey(tenant, model, release, arm)
             metrics.observe_request(*args, "ok", 0.4 * slow, 0.0003, 20, 16, 0.002)
             metrics.observe_request(*args, "server_error", 1.2 * slow, 0.0005, 20, 0, 0.0)
             metrics.observe_request(*args, "client_error", 0.01, 0.0002)

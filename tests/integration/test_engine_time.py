@@ -7,10 +7,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability.engine_time import EngineTime
+from gateway.observability.series import SeriesKey
 from tests.fixtures.inprocess import InProcessFactory
 
-A = ("acme", "support", "support-r1", "stable")
-B = ("globex", "chat", "chat-r2", "canary")
+A = SeriesKey("acme", "support", "support-r1", "stable")
+B = SeriesKey("globex", "chat", "chat-r2", "canary")
 
 
 def test_busy_time_is_split_by_token_share_per_replica() -> None:
