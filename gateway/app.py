@@ -7,6 +7,7 @@ watcher, metrics registry) is built in the lifespan of `create_app`, never at im
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -30,7 +31,9 @@ from gateway.admin import routes as admin_api
 from gateway.engines.pool import EnginePool, PoolConfig
 from gateway.errors import ApiError, from_domain
 from gateway.limits.limiter import Limiter
+from gateway.observability.engine_time import EngineTime
 from gateway.observability.fleet import FleetWindows
+from gateway.observability.fleet_time import EngineTimeLoop
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.windows import Windows
 from gateway.openapi import install_openapi
@@ -158,6 +161,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             ),
             canary_windows=windows,
             base_adapter=_base_adapter(settings),
+            engine_time=EngineTime(settings.engine_time_period_s),
         )
         app.state.lg = state
         # Metric label bounds follow the registry synchronously (no request is metered under a
@@ -168,6 +172,13 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         metrics.set_snapshot_age_source(lambda: watcher.age_s)
         await pool.start()
         guard = canary.start_guard(state)
+        engine_time = asyncio.create_task(
+            EngineTimeLoop(
+                state.engine_time, fleet_store, limiter.process_id, metrics,
+                lambda now: {r.name: r.take_busy(now) for r in pool.replicas},
+            ).run(),
+            name="engine-time",
+        )  # fmt: skip
         # Everything built so far lives as long as the process: out of the collector's sight, a
         # full collection no longer walks it (measured: P95 at 4k req/s 54 ms -> 5 ms).
         gc.collect()
@@ -177,6 +188,9 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         finally:
             gc.unfreeze()
             await canary.stop_guard(guard)
+            engine_time.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await engine_time
             await state.limiter.stop()
             await pool.stop()
             await watcher.stop()
@@ -202,9 +216,6 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
     async def metrics_endpoint(request: Request) -> Response:
         state: AppState = request.app.state.lg
         _pool_gauges(state.metrics, state.pool)  # at scrape time, not on every acquire/release
-        now = time.monotonic()
-        busy = {replica.name: replica.busy_seconds(now) for replica in state.pool.replicas}
-        state.metrics.add_engine_seconds(state.engine_time.settle(busy))
         state.metrics.set_registry_state(
             redis_up=state.watcher.redis_ok, epoch=state.watcher.state.epoch
         )

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     engine_max_concurrency: int = 64
     engine_queue_size: int = 256
     health_interval_s: float = 1.0
+    # Engine-time attribution periods: each replica's busy time is split among tenants once for
+    # the whole fleet per period (gateway/observability/engine_time.py), exported that much later.
+    engine_time_period_s: float = Field(default=5.0, gt=0)
 
     # Adapter store: the gateway validates artifacts under `adapter_store`; the engines read the
     # same files under `engine_adapter_root` (a shared volume; defaults to the same path).

@@ -230,6 +230,10 @@ class GatewayMetrics:
              registry=registry).info({"currency": currency})
 
         # Engine pool.
+        self._engine_busy = counter("loragate_engine_attributed_seconds",
+                                    "Replica busy time this gateway attributed to its series (its "
+                                    "share of the fleet's); summed over gateways: the replica's "
+                                    "busy time.", ("engine",))
         self._engine_in_flight = gauge("loragate_engine_in_flight",
                                        "Requests in flight per engine replica.", ("engine",))
         self._engine_healthy = gauge("loragate_engine_healthy",
@@ -301,7 +305,7 @@ class GatewayMetrics:
         self._by_model: tuple[_AnyChildren, ...] = (self._canary_weight, self._auto_rollbacks)
         self._request_series: dict[tuple[str, ...], _RequestSeries] = {}
         self._by_engine: tuple[_AnyChildren, ...] = (
-            self._engine_in_flight, self._engine_healthy, self._engine_adapters,
+            self._engine_in_flight, self._engine_busy, self._engine_healthy, self._engine_adapters,
             self._engine_ejected,
             self._adapter_loads,
         )  # fmt: skip
@@ -398,10 +402,15 @@ class GatewayMetrics:
             overhead=self._overhead.get((key[0],)),
         )
 
-    def add_engine_seconds(self, shares: Mapping[SeriesKey, float]) -> None:
+    def add_engine_seconds(self, shares: Mapping[SeriesKey, float], engine: str) -> None:
+        """One replica's busy seconds attributed to series (engine_time.py)."""
+        total = 0.0
         for key, seconds in shares.items():
             if seconds > 0:
                 self._engine_seconds.get(self._release_key(*key)).inc(seconds)
+                total += seconds
+        if total > 0:
+            self._engine_busy.get((self._engine(engine),)).inc(total)
 
     def observe_ttft(self, tenant: str, model: str, release: str, arm: str, ttft_s: float) -> None:
         self._ttft.get(self._release_key(tenant, model, release, arm)).observe(ttft_s)

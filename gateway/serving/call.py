@@ -99,7 +99,8 @@ def finish(state: AppState, call: Call, code: str) -> None:
         state.metrics.count_error(call.tenant_id, code)
     engine = call.headers.get("x-loragate-engine")
     if engine is not None:
-        state.engine_time.add_tokens(engine, series, call.prompt_tokens + call.completion_tokens)
+        tokens = call.prompt_tokens + call.completion_tokens
+        state.engine_time.add_tokens(engine, series, tokens, at=time.time())
     if state.settings.request_log:
         _log(call, engine, code, status, duration, cost)
 
