@@ -57,7 +57,7 @@ def feed(metrics: GatewayMetrics) -> None:
             metrics.observe_itl(*args, [0.02, 0.03 * slow])
             metrics.count_refusal(*args)
             metrics.count_schema_violation(*args)
-            metrics.add_engine_seconds({args: 0.25 * slow}, "engine-0")
+            metrics.add_engine_seconds({args: 0.25 * slow}, ENGINES[0])
         metrics.count_error(tenant, "engine_unavailable")
         metrics.count_limit_rejection(tenant, "rate_limited")
         metrics.count_auto_rollback(tenant, model)
