@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +23,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
@@ -36,6 +39,12 @@ from gateway.observability.fleet import FleetWindows
 from gateway.observability.fleet_time import EngineTimeLoop
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.windows import Windows
+from gateway.observability.workers import (
+    WORKERS_DIR_ENV,
+    fleet_payload,
+    serve_worker_metrics,
+    stop_worker_metrics,
+)
 from gateway.openapi import install_openapi
 from gateway.rollout import guard as canary
 from gateway.serving import routes as tenant_api
@@ -52,6 +61,7 @@ from registry.store import RegistryStore
 
 log = logging.getLogger("loragate")
 CHAT_PATH = "/v1/chat/completions"
+CONFIG_ENV = "LORAGATE_WORKERS_CONFIG"  # the --config file, for `serve --workers N` processes
 
 
 class Gateway(FastAPI):
@@ -84,7 +94,14 @@ def _redis_client(settings: Settings, url: str) -> aioredis.Redis:
     )
 
 
-def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    metrics_registry: CollectorRegistry | None = None,
+    workers_dir: Path | None = None,
+) -> FastAPI:
+    """`workers_dir`: set by `loragate serve --workers N` (one of N processes on one port):
+    /metrics then merges every worker's (gateway/observability/workers.py)."""
     registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
 
     @contextlib.asynccontextmanager
@@ -172,6 +189,11 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         metrics.set_snapshot_age_source(lambda: watcher.age_s)
         await pool.start()
         guard = canary.start_guard(state)
+        worker_server = (
+            None
+            if workers_dir is None
+            else await serve_worker_metrics(workers_dir, lambda: _scrape(state))
+        )
         engine_time = asyncio.create_task(
             EngineTimeLoop(
                 state.engine_time, fleet_store, limiter.process_id, metrics,
@@ -187,6 +209,8 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             yield
         finally:
             gc.unfreeze()
+            if worker_server is not None and workers_dir is not None:
+                stop_worker_metrics(worker_server, workers_dir)
             await canary.stop_guard(guard)
             engine_time.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -215,12 +239,11 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(request: Request) -> Response:
         state: AppState = request.app.state.lg
-        _pool_gauges(state.metrics, state.pool)  # at scrape time, not on every acquire/release
-        state.metrics.set_registry_state(
-            redis_up=state.watcher.redis_ok, epoch=state.watcher.state.epoch
-        )
-        payload, content_type = state.metrics.render()
-        return Response(payload, media_type=content_type)
+        if workers_dir is None:
+            payload = _scrape(state)
+        else:
+            payload = await fleet_payload(workers_dir, lambda: _scrape(state))
+        return Response(payload, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -241,6 +264,21 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
     return app
+
+
+def _scrape(state: AppState) -> bytes:
+    _pool_gauges(state.metrics, state.pool)  # at scrape time, not on every acquire/release
+    state.metrics.set_registry_state(
+        redis_up=state.watcher.redis_ok, epoch=state.watcher.state.epoch
+    )
+    return state.metrics.render()[0]
+
+
+def worker_app() -> FastAPI:
+    """The app of one `loragate serve --workers N` process (uvicorn imports it by name)."""
+    config = os.environ.get(CONFIG_ENV)
+    settings = Settings.from_file(Path(config)) if config else Settings()
+    return create_app(settings, workers_dir=Path(os.environ[WORKERS_DIR_ENV]))
 
 
 def _dumps(obj: Any) -> str:

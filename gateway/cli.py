@@ -27,7 +27,10 @@ def _serve(args: argparse.Namespace) -> int:
         from gateway.observability.requestlog import start_writer
 
         writer = start_writer()
+    workers = args.workers or settings.workers
     try:
+        if workers > 1:
+            return _serve_workers(args, host, port, workers)
         uvicorn.run(
             create_app(settings),
             host=host,
@@ -44,6 +47,38 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_workers(args: argparse.Namespace, host: str, port: int, workers: int) -> int:
+    """N processes on one port (uvicorn's supervisor shares the listening socket and restarts a
+    worker that dies). Each is a gateway of its own to Redis: limits, canary windows and engine
+    time are shared there; /metrics merges the workers' (gateway/observability/workers.py)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import uvicorn
+
+    from gateway.app import CONFIG_ENV
+    from gateway.observability.workers import WORKERS_DIR_ENV
+
+    with tempfile.TemporaryDirectory(prefix="loragate-workers-") as directory:
+        os.environ[WORKERS_DIR_ENV] = directory
+        if args.config:
+            os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+        uvicorn.run(
+            "gateway.app:worker_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loragate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--config", default=None, help="JSON settings file")
+    serve.add_argument(
+        "--workers", type=int, default=None,
+        help="processes on the one port (default: LORAGATE_WORKERS or 1)",
+    )  # fmt: skip
     serve.set_defaults(func=_serve)
 
     from gateway import demo

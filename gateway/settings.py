@@ -54,6 +54,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Processes serving the one port (`loragate serve --workers N` overrides): each is a gateway
+    # of its own to Redis; /metrics merges them.
+    workers: int = Field(default=1, ge=1, le=64)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.25
     redis_max_connections: int = 128
