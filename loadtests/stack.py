@@ -132,6 +132,7 @@ def start_loragate(
     base_model: str = BASE_MODEL,
     adapter_store: Path | None = None,
     name: str = "loragate",
+    workers: int = 1,
 ) -> Service:
     port = free_port()
     token = "lgadm-" + secrets.token_urlsafe(16)
@@ -151,6 +152,7 @@ def start_loragate(
         "LORAGATE_ENGINE_MAX_CONCURRENCY": "1024",
         "LORAGATE_ENGINE_QUEUE_SIZE": "4096",
         "LORAGATE_MAX_CPU_LORAS": "64",
+        "LORAGATE_WORKERS": str(workers),
     }
     cmd = [sys.executable, "-m", "gateway.cli", "serve"]
     proc = Proc.start(name, cmd, log_dir=work / "logs", cpu=cpu, env=env)
