@@ -1,7 +1,7 @@
 """Fleet-wide canary analysis through real gateway processes sharing one Redis.
 
 Three gateways take a canary's traffic round-robin; each publishes its windows every guard pass
-(0.2 s) and judges the sum over the live ones. The engine is the scripted fake: it answers plain
+(0.1 s) and judges the sum over the live ones. The engine is the scripted fake: it answers plain
 text, so a canary release whose prompt carries a JSON response schema violates it on every answer
 (passed through to clients), which is the "deliberately bad" canary; a release without a schema
 is the good one.
@@ -26,8 +26,8 @@ from tests.fixtures.traffic import auth, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
-MIN_REQUESTS = 20
-INTERVAL_S = 0.2
+MIN_REQUESTS = 30
+INTERVAL_S = 0.1
 LEASE_S = 1.0
 CANARY = {"interval_s": INTERVAL_S, "fleet_lease_s": LEASE_S, "window_s": 600}
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
@@ -149,8 +149,10 @@ def test_three_gateways_roll_back_after_about_the_same_canary_count_as_one(
     assert "schema violation rate 1.000 vs stable 0.000" in three.reason
     assert three.audited_n is not None
     assert MIN_REQUESTS <= three.audited_n <= three.canary_served
-    # Judged per process, each of the 3 would need MIN_REQUESTS itself (3x as many in all).
-    assert abs(three.canary_served - one.canary_served) <= per_interval + 2
+    # The fleet's sum lags by at most one publish (another gateway's numbers) plus one guard pass;
+    # a single gateway's only by the pass. Judged per process instead, each of the 3 would need
+    # MIN_REQUESTS itself: about 3x as many canary answers in all.
+    assert abs(three.canary_served - one.canary_served) <= 2 * per_interval + 4
     assert three.canary_served < 2 * MIN_REQUESTS
     # Every gateway counted exactly one rollback between them (the compare-and-set).
     total = 0.0
@@ -203,3 +205,9 @@ def test_a_good_canary_is_not_rolled_back_and_a_killed_gateway_leaves_the_sum(
     assert left_after <= LEASE_S + 2.0  # the lease, plus a loaded box's scheduling
     audit = fleet[0].call("GET", "/audit?tenant=good")
     assert not [e for e in audit if e["action"] == "auto_rollback"]
+    # A manual decision records the fleet's numbers it was taken on.
+    fleet[1].call("POST", "/tenants/good/models/chat/rollback", {"reason": "seen enough"})
+    entry = fleet[0].call("GET", "/audit?tenant=good")[0]
+    assert entry["action"] == "rollback"
+    assert entry["reason"].startswith("seen enough (numbers: all within thresholds")
+    assert "fleet totals over 2 gateway process(es)" in entry["reason"]

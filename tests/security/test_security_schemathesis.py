@@ -58,7 +58,7 @@ CHECKS = (
     "unsupported_method",
     "allow_header_conformance",
 )
-OPERATIONS = 19  # 2 tenant + 17 admin
+OPERATIONS = 20  # 2 tenant + 18 admin
 
 
 class Tally:
