@@ -21,6 +21,7 @@ from tests.fixtures.traffic import auth, wait_for
 
 A = SeriesKey("acme", "support", "support-r1", "stable")
 B = SeriesKey("globex", "chat", "chat-r2", "canary")
+SLACK_S = 0.008
 
 
 def test_busy_time_is_split_by_token_share_per_replica() -> None:
@@ -105,10 +106,11 @@ async def test_gateway_exports_engine_seconds_by_tenant(
     while time.monotonic() < deadline:
         text = (await gw.client.get("/metrics")).text
         seconds = _by(text, "loragate_engine_seconds", "tenant")
-        if sum(seconds.values()) >= busy * 0.98:
+        if sum(seconds.values()) >= busy * 0.98 - SLACK_S:
             break
         await asyncio.sleep(0.05)
-    assert sum(seconds.values()) == pytest.approx(busy, rel=0.02, abs=0.003)
+    # Fleet rows carry milliseconds: each of the 4 busy intervals may round by 1 ms per edge.
+    assert sum(seconds.values()) == pytest.approx(busy, rel=0.02, abs=SLACK_S)
     assert seconds["big"] / seconds["small"] == pytest.approx(tokens["big"] / tokens["small"])
 
 
