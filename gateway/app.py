@@ -8,6 +8,7 @@ watcher, metrics registry) is built in the lifespan of `create_app`, never at im
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import logging
@@ -38,6 +39,7 @@ from gateway.observability.engine_time import EngineTime
 from gateway.observability.fleet import FleetWindows
 from gateway.observability.fleet_time import EngineTimeLoop
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.requestlog import start_writer
 from gateway.observability.windows import Windows
 from gateway.observability.workers import (
     WORKERS_DIR_ENV,
@@ -278,6 +280,8 @@ def worker_app() -> FastAPI:
     """The app of one `loragate serve --workers N` process (uvicorn imports it by name)."""
     config = os.environ.get(CONFIG_ENV)
     settings = Settings.from_file(Path(config)) if config else Settings()
+    if settings.request_log:  # each worker writes its own lines (the supervisor serves nothing)
+        atexit.register(start_writer().stop)
     return create_app(settings, workers_dir=Path(os.environ[WORKERS_DIR_ENV]))
 
 

@@ -22,15 +22,15 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    workers = args.workers or settings.workers
+    if workers > 1:
+        return _serve_workers(args, host, port, workers)  # each worker starts its own writer
     writer = None
     if settings.request_log:
         from gateway.observability.requestlog import start_writer
 
         writer = start_writer()
-    workers = args.workers or settings.workers
     try:
-        if workers > 1:
-            return _serve_workers(args, host, port, workers)
         uvicorn.run(
             create_app(settings),
             host=host,
