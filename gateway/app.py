@@ -8,11 +8,14 @@ watcher, metrics registry) is built in the lifespan of `create_app`, never at im
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +24,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
@@ -37,7 +41,18 @@ from gateway.limits.limiter import Limiter
 from gateway.observability import startup
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Tracing
+from gateway.observability.engine_time import EngineTime
+from gateway.observability.fleet import FleetWindows
+from gateway.observability.fleet_time import EngineTimeLoop
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.requestlog import start_writer
 from gateway.observability.windows import Windows
+from gateway.observability.workers import (
+    WORKERS_DIR_ENV,
+    fleet_payload,
+    serve_worker_metrics,
+    stop_worker_metrics,
+)
 from gateway.openapi import install_openapi
 from gateway.rollout import guard as canary
 from gateway.serving import routes as tenant_api
@@ -48,6 +63,7 @@ from gateway.serving.completions import handle_completions
 from gateway.settings import Settings
 from gateway.state import AppState
 from registry.errors import RegistryError
+from registry.fleet import FleetStore
 from registry.limits import LimitStore
 from registry.models import AdapterVersion
 from registry.redis_client import Close, redis_client
@@ -59,6 +75,7 @@ log = logging.getLogger("loragate")
 VERSION = startup.version()
 CHAT_PATH = "/v1/chat/completions"
 RAW_ROUTES = {CHAT_PATH: handle_chat, COMPLETIONS_PATH: handle_completions}
+CONFIG_ENV = "LORAGATE_WORKERS_CONFIG"  # the --config file, for `serve --workers N` processes
 
 
 class Gateway(FastAPI):
@@ -85,7 +102,14 @@ def _redis_client(settings: Settings, url: str) -> tuple[aioredis.Redis, Close]:
     )
 
 
-def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    metrics_registry: CollectorRegistry | None = None,
+    workers_dir: Path | None = None,
+) -> FastAPI:
+    """`workers_dir`: set by `loragate serve --workers N` (one of N processes on one port):
+    /metrics then merges every worker's (gateway/observability/workers.py)."""
     registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
 
     @contextlib.asynccontextmanager
@@ -148,6 +172,14 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             on_load=metrics.count_adapter_load,
             on_wait=metrics.observe_queue_wait,
         )
+        windows = Windows(settings.canary)
+        limiter = Limiter(
+            LimitStore(limits_redis, timeout=max(settings.redis_timeout_s * 4, 0.05)),
+            metrics,
+            settings.price_for,
+            default_max_tokens=settings.default_max_tokens_cap,
+        )
+        fleet_store = FleetStore(redis, timeout=max(settings.redis_timeout_s * 4, 0.05))
         state = AppState(
             settings=settings,
             store=store,
@@ -162,19 +194,22 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             metrics=metrics,
             hmac_secret=secret,
             admin_token=settings.admin_token.get_secret_value(),
-            limiter=Limiter(
-                LimitStore(limits_redis, timeout=max(settings.redis_timeout_s * 4, 0.05)),
+            limiter=limiter,
+            fleet=FleetWindows(
+                windows,
+                fleet_store if settings.canary.fleet else None,
+                limiter.process_id,
                 metrics,
-                settings.price_for,
-                default_max_tokens=settings.default_max_tokens_cap,
+                lease_s=settings.canary.fleet_lease_s,
             ),
-            canary_windows=Windows(settings.canary),
+            canary_windows=windows,
             base_adapter=_base_adapter(settings),
             tracing=(
                 Tracing.otlp(settings.otlp_endpoint, settings.otel_service_name,
                              settings.otlp_headers, settings.otel_sample_ratio)
                 if settings.otlp_endpoint else None
             ),
+            engine_time=EngineTime(settings.engine_time_period_s),
         )  # fmt: skip
         app.state.lg = state
         # Metric label bounds follow the registry synchronously (no request is metered under a
@@ -197,6 +232,18 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             if settings.retention_sweep_interval_s > 0
             else None
         )
+        worker_server = (
+            None
+            if workers_dir is None
+            else await serve_worker_metrics(workers_dir, lambda: _scrape(state))
+        )
+        engine_time = asyncio.create_task(
+            EngineTimeLoop(
+                state.engine_time, fleet_store, limiter.process_id, metrics,
+                lambda now: {r.name: r.take_busy(now) for r in pool.replicas},
+            ).run(),
+            name="engine-time",
+        )  # fmt: skip
         # Everything built so far lives as long as the process: out of the collector's sight, a
         # full collection no longer walks it (measured: P95 at 4k req/s 54 ms -> 5 ms).
         gc.collect()
@@ -207,7 +254,12 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             gc.unfreeze()
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
+            if worker_server is not None and workers_dir is not None:
+                stop_worker_metrics(worker_server, workers_dir)
             await canary.stop_guard(guard)
+            engine_time.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await engine_time
             if retention is not None:
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -240,15 +292,11 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(request: Request) -> Response:
         state: AppState = request.app.state.lg
-        _pool_gauges(state.metrics, state.pool)  # at scrape time, not on every acquire/release
-        now = time.monotonic()
-        busy = {replica.name: replica.busy_seconds(now) for replica in state.pool.replicas}
-        state.metrics.add_engine_seconds(state.engine_time.settle(busy))
-        state.metrics.set_registry_state(
-            redis_up=state.watcher.redis_ok, epoch=state.watcher.state.epoch
-        )
-        payload, content_type = state.metrics.render()
-        return Response(payload, media_type=content_type)
+        if workers_dir is None:
+            payload = _scrape(state)
+        else:
+            payload = await fleet_payload(workers_dir, lambda: _scrape(state))
+        return Response(payload, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -269,6 +317,23 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
     return app
+
+
+def _scrape(state: AppState) -> bytes:
+    _pool_gauges(state.metrics, state.pool)  # at scrape time, not on every acquire/release
+    state.metrics.set_registry_state(
+        redis_up=state.watcher.redis_ok, epoch=state.watcher.state.epoch
+    )
+    return state.metrics.render()[0]
+
+
+def worker_app() -> FastAPI:
+    """The app of one `loragate serve --workers N` process (uvicorn imports it by name)."""
+    config = os.environ.get(CONFIG_ENV)
+    settings = Settings.from_file(Path(config)) if config else Settings()
+    if settings.request_log:  # each worker writes its own lines (the supervisor serves nothing)
+        atexit.register(start_writer().stop)
+    return create_app(settings, workers_dir=Path(os.environ[WORKERS_DIR_ENV]))
 
 
 def _dumps(obj: Any) -> str:

@@ -24,6 +24,9 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or settings.port
     settings = settings.model_copy(update={"host": host, "port": port})
     configure_logging(settings.log_format, settings.log_level)
+    workers = args.workers or settings.workers
+    if workers > 1:
+        return _serve_workers(args, host, port, workers)  # each worker starts its own writer
     writer = None
     if settings.request_log:
         from gateway.observability.requestlog import start_writer
@@ -47,6 +50,38 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_workers(args: argparse.Namespace, host: str, port: int, workers: int) -> int:
+    """N processes on one port (uvicorn's supervisor shares the listening socket and restarts a
+    worker that dies). Each is a gateway of its own to Redis: limits, canary windows and engine
+    time are shared there; /metrics merges the workers' (gateway/observability/workers.py)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import uvicorn
+
+    from gateway.app import CONFIG_ENV
+    from gateway.observability.workers import WORKERS_DIR_ENV
+
+    with tempfile.TemporaryDirectory(prefix="loragate-workers-") as directory:
+        os.environ[WORKERS_DIR_ENV] = directory
+        if args.config:
+            os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+        uvicorn.run(
+            "gateway.app:worker_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loragate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--config", default=None, help="JSON settings file")
+    serve.add_argument(
+        "--workers", type=int, default=None,
+        help="processes on the one port (default: LORAGATE_WORKERS or 1)",
+    )  # fmt: skip
     serve.set_defaults(func=_serve)
 
     from gateway import demo

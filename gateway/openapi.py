@@ -536,6 +536,7 @@ ADMIN_EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/admin/v1/tenants/{tenant}/models/{alias}/releases"): (400, 404, 422, 502),
     ("get", "/admin/v1/tenants/{tenant}/models"): (404, 422),
     ("get", "/admin/v1/tenants/{tenant}/models/{alias}"): (404, 422),
+    ("get", "/admin/v1/tenants/{tenant}/models/{alias}/canary"): (404, 422),
     ("post", "/admin/v1/tenants/{tenant}/models/{alias}/canary"): (404, 409, 422, 502),
     ("post", "/admin/v1/tenants/{tenant}/models/{alias}/promote"): (400, 404, 409, 422, 502, 503),
     ("post", "/admin/v1/tenants/{tenant}/models/{alias}/eval"): (400, 404, 422, 502),

@@ -28,7 +28,12 @@ class CanaryConfig(BaseModel):
     enabled: bool = True
     interval_s: float = Field(default=1.0, gt=0)
     window_s: float = Field(default=300.0, gt=0)
-    max_samples: int = Field(default=2000, ge=10)  # per (tenant, alias, arm, release)
+    max_samples: int = Field(default=2000, ge=10)  # per (tenant, alias, release, arm)
+    # Each guard pass (every interval_s) publishes this process's windows of the aliases with a
+    # canary in progress; a process that stops publishing leaves the fleet's sum after
+    # fleet_lease_s.
+    fleet: bool = True
+    fleet_lease_s: float = Field(default=5.0, gt=0)
     # Auto-promotion (off by default): after `promote_min_requests` clean canary requests in the
     # window, with both arms above the minimum sample and nothing exceeded, the canary is promoted.
     auto_promote: bool = False
@@ -64,6 +69,9 @@ class Settings(BaseSettings):
     port: int = 8000
     # `redis://`, `rediss://` or, for a master that Sentinel fails over,
     # `redis+sentinel://host:port[,host:port...]/<service>[/<db>]` (registry/redis_client.py).
+    # Processes serving the one port (`loragate serve --workers N` overrides): each is a gateway
+    # of its own to Redis; /metrics merges them.
+    workers: int = Field(default=1, ge=1, le=64)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.25
     redis_max_connections: int = 128
@@ -113,6 +121,9 @@ class Settings(BaseSettings):
     # `priority` (interactive 0, standard 1, batch 2). vLLM refuses `priority` without it.
     engine_priority_scheduling: bool = False
     health_interval_s: float = 1.0
+    # Engine-time attribution periods: each replica's busy time is split among tenants once for
+    # the whole fleet per period (gateway/observability/engine_time.py), exported that much later.
+    engine_time_period_s: float = Field(default=5.0, gt=0)
 
     # Adapter store: the gateway validates artifacts under `adapter_store`; the engines read the
     # same files under `engine_adapter_root` (a shared volume; defaults to the same path).

@@ -8,6 +8,7 @@ from gateway.engines.pool import EnginePool
 from gateway.engines.upstream import Upstream
 from gateway.limits.limiter import Limiter
 from gateway.observability.engine_time import EngineTime
+from gateway.observability.fleet import FleetWindows
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Tracing
 from gateway.observability.windows import Windows
@@ -28,6 +29,8 @@ class AppState:
     hmac_secret: bytes
     admin_token: str
     limiter: Limiter  # tenant limits: admit before the engine, settle after
+    # the fleet's canary windows: this process's `canary_windows`, published and summed in Redis
+    fleet: FleetWindows
     # canary analysis: outcome windows fed by the chat pipeline, judged by gateway/rollout/guard.py
     canary_windows: Windows = field(default_factory=lambda: Windows(CanaryConfig()))
     # what "no adapter" is served through (settings.base_adapter), None: the bare base model

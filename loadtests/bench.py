@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from adapters.ports import free_port
-from loadtests import engine_arm, fairness, registry_scale, report, stack, wrk
+from loadtests import engine_arm, fairness, registry_scale, report, stack, workers_arm, wrk
 from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
 from loadtests.procs import Proc
 
@@ -56,6 +56,7 @@ class Plan:
     smoke: bool = False
     registry_tenants: int = 10_000  # loadtests/registry_scale.py; 0 skips it
     registry_phase_s: float = 15.0
+    workers: tuple[int, ...] = (1, 2)  # the workers arm (`serve --workers N`); () skips it
 
 
 SMOKE = Plan(
@@ -74,6 +75,7 @@ SMOKE = Plan(
     smoke=True,
     registry_tenants=200,
     registry_phase_s=3.0,
+    workers=(),
 )
 
 
@@ -295,6 +297,8 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         services.clear()
         os.sched_setaffinity(0, all_cpus)
         fair = fairness.run(work / "fairness", duration=4.0 if plan.smoke else 10.0)
+        if plan.workers:
+            notes += _workers_arm(plan, work, out)
         engine_result: dict[str, Any] | None = None
         if plan.engine:
             engine_result = engine_arm.run(work, requests=40)
@@ -326,6 +330,24 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
     return doc
 
 
+def _workers_arm(plan: Plan, work: Path, out: Path) -> list[str]:
+    """Throughput of 1 and 2 gateway worker processes (rows in workers.json, lines in notes)."""
+    rows = workers_arm.run(
+        work,
+        workers=plan.workers,
+        make_target=lambda url, keys: targets(url, "chat", keys, frames=plan.sse_chunks)[0],
+        duration=plan.duration,
+        say=_say,
+    )
+    (out / "workers.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+    return [
+        f"workers arm: {r['workers']} worker(s), closed loop c={r['concurrency']}: "
+        f"{r['throughput_rps']:.0f} req/s, p50 {r['latency_p50_ms']:.2f} ms, "
+        f"p99 {r['latency_p99_ms']:.2f} ms, errors {r['errors']}"
+        for r in rows
+    ]
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -338,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--no-engine", action="store_true")
+    parser.add_argument(
+        "--workers-only", action="store_true", help="only the workers arm (1 and 2 workers)"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)  # so `finally` stops every process we started
     plan = SMOKE if args.smoke else Plan()
@@ -349,6 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, litellm=False)
     if args.no_engine:
         plan = replace(plan, engine=False)
+    if args.workers_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        work = (args.out / "work").resolve()
+        shutil.rmtree(work, ignore_errors=True)
+        for line in _workers_arm(replace(plan, workers=plan.workers or (1, 2)), work, args.out):
+            _say(line)
+        return 0
     doc = run(plan, args.out)
     _say(f"report: {args.out / 'report.md'}")
     for line in doc["targets_summary"]:

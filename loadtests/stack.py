@@ -117,6 +117,7 @@ def start_loragate(
     command: list[str] | None = None,
     extra_env: dict[str, str] | None = None,
     ready_timeout: float = 60.0,
+    workers: int = 1,
 ) -> Service:
     port = free_port()
     token = "lgadm-" + secrets.token_urlsafe(16)
@@ -138,6 +139,7 @@ def start_loragate(
         "LORAGATE_MAX_CPU_LORAS": "64",
         **(settings or {}),
         **(extra_env or {}),
+        "LORAGATE_WORKERS": str(workers),
     }
     token = env["LORAGATE_ADMIN_TOKEN"]
     cmd = command or [sys.executable, "-m", "gateway.cli", "serve"]

@@ -30,6 +30,12 @@ a tenant's keys in one slot, so each Lua script touches one slot:
     <p>lim:{<scope>}:settled     zset   request id -> settle time (ms), replay guard
     <p>lim:gateways              zset   process id -> heartbeat expiry (ms)
 
+Fleet numbers (`registry/fleet.py`): per alias with a canary in progress, and per engine replica
+and attribution period; a field per gateway process, each carrying its own lease:
+
+    <p>fleet:canary:{<tenant>}:<alias>   hash  process id -> "<expiry ms>|<windows JSON>"
+    <p>fleet:busy:{<replica>}:<period>   hash  process id -> "<tokens>|<busy intervals>"
+
 Names are validated by `registry.models.is_name` (no `:`), so `:` is an unambiguous separator.
 """
 
@@ -109,6 +115,12 @@ class Keyspace:
     @property
     def limit_gateways(self) -> str:
         return f"{self.prefix}lim:gateways"
+
+    def fleet_canary(self, tenant: str, alias: str) -> str:
+        return f"{self.prefix}fleet:canary:{{{tenant}}}:{alias}"
+
+    def fleet_busy(self, replica: str, period: int) -> str:
+        return f"{self.prefix}fleet:busy:{{{replica}}}:{period}"
 
     def pattern(self) -> str:
         """SCAN pattern matching every key of this keyspace (tests dump it)."""

@@ -37,6 +37,7 @@ from gateway.admin.schemas import (
     UsagePublic,
 )
 from gateway.errors import ApiError
+from gateway.rollout import status as rollout_status
 from gateway.rollout.evaluation import evaluate_alias, gate_promotion
 from gateway.state import AppState
 from registry import rollout
@@ -265,6 +266,22 @@ async def _mutate(
     return AliasPublic.of(record)
 
 
+@router.get("/tenants/{tenant}/models/{alias}/canary")
+async def canary_status(
+    tenant: str, alias: str, state: StateDep, actor: ActorDep
+) -> dict[str, Any]:
+    """The canary's fleet-wide numbers per arm, the guard's verdict and what would trip."""
+    record = await state.store.get_alias(_name(tenant, "tenant id"), _name(alias, "alias"))
+    return await rollout_status.canary_status(state, record)
+
+
+async def _with_numbers(state: AppState, tenant: str, alias: str, reason: str) -> str:
+    """A manual promote/rollback's audit reason, with the fleet's canary numbers at that time."""
+    current = state.watcher.state.alias(_name(tenant, "tenant id"), _name(alias, "alias"))
+    note = "" if current is None else await rollout_status.numbers_note(state, current)
+    return f"{reason} ({note})" if reason and note else reason or note
+
+
 @router.post("/tenants/{tenant}/models/{alias}/canary")
 async def canary(
     tenant: str, alias: str, body: CanaryBody, state: StateDep, actor: ActorDep
@@ -297,6 +314,7 @@ async def promote(
         expected_revision=body.expected_revision, skip=body.skip_eval,
     )  # fmt: skip
     now = time.time()
+    reason = await _with_numbers(state, tenant, alias, body.reason)
     return await _mutate(
         state,
         tenant,
@@ -304,7 +322,7 @@ async def promote(
         body.expected_revision,
         lambda current: rollout.promote(current, now=now),
         "promote",
-        body.reason,
+        reason,
         actor,
     )
 
@@ -324,6 +342,7 @@ async def rollback(
     tenant: str, alias: str, body: RollbackBody, state: StateDep, actor: ActorDep
 ) -> AliasPublic:
     now = time.time()
+    reason = await _with_numbers(state, tenant, alias, body.reason)
     return await _mutate(
         state,
         tenant,
@@ -331,7 +350,7 @@ async def rollback(
         body.expected_revision,
         lambda current: rollout.rollback(current, body.reason, now=now),
         "rollback",
-        body.reason,
+        reason,
         actor,
     )
 

@@ -30,6 +30,12 @@ class Demo:
     keys: dict[str, str]  # tenant id -> API key
     models: dict[str, str]  # tenant id -> first alias
     engines: tuple[str, ...] = ()  # engine URLs (their /metrics feed the engines dashboard)
+    # every gateway of the demo fleet (`gateway_urls` when the stack runs several), else `url`
+    urls: tuple[str, ...] = ()
+
+    @property
+    def gateways(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
 
 
 def load_demo() -> Demo:
@@ -43,6 +49,7 @@ def load_demo() -> Demo:
         keys={t["id"]: t["api_key"] for t in data["tenants"]},
         models={t["id"]: t["models"][0] for t in data["tenants"]},
         engines=tuple(data.get("engines", [])),
+        urls=tuple(data.get("gateway_urls") or ()),
     )
 
 
@@ -117,11 +124,15 @@ def run_traffic(
     demo: Demo, jobs: Sequence[tuple[str, dict[str, Any]]], concurrency: int,
     progress: Callable[[int], None] | None = None,
 ) -> list[Result]:  # fmt: skip
-    with (
-        httpx.Client(base_url=demo.url, timeout=120) as client,
-        ThreadPoolExecutor(max_workers=concurrency) as pool,
-    ):
-        futures = [pool.submit(send, client, demo, tenant, body) for tenant, body in jobs]
+    """Job i goes to gateway i mod N of the demo fleet (round-robin over `demo.gateways`)."""
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(max_workers=concurrency) as pool:
+        clients = [
+            stack.enter_context(httpx.Client(base_url=url, timeout=120)) for url in demo.gateways
+        ]
+        futures = [
+            pool.submit(send, clients[i % len(clients)], demo, tenant, body)
+            for i, (tenant, body) in enumerate(jobs)
+        ]
         results = []
         for i, future in enumerate(futures, 1):
             results.append(future.result())

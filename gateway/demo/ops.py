@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import shutil
 import time
 from collections import Counter
@@ -251,7 +252,10 @@ def bad_canary_cmd(args: argparse.Namespace) -> int:
             rolled_back = admin.send(api.get_model(tenant, alias)).canary is None
         elapsed = time.monotonic() - started
         by_release = Counter(r.release or f"{r.status} {r.code}" for r in results)
-        _say(f"{len(results)} requests in {elapsed:.0f}s: served by {dict(by_release)}")
+        _say(
+            f"{len(results)} requests in {elapsed:.0f}s through {len(demo.gateways)} gateway(s): "
+            f"served by {dict(by_release)}"
+        )
         for r in results:
             if r.release == release and r.text:
                 _say(f"a canary answer (cut off mid-JSON): {r.text[:100]!r}")
@@ -267,15 +271,23 @@ def bad_canary_cmd(args: argparse.Namespace) -> int:
         print()
         print(format_audit(entry.model_dump()))
         print()
+        fleet = re.search(r"fleet totals over (\d+) gateway", entry["reason"])
+        counted = re.search(r"canary n=(\d+)", entry["reason"])
+        _say(
+            f"fleet canary requests at the rollback: {counted[1] if counted else '?'} "
+            f"(summed over {fleet[1] if fleet else 1} gateway process(es)); "
+            f"canary answers clients got: {by_release.get(release, 0)}"
+        )
         after = [
             run_traffic(demo, [(tenant, _body(alias, 10_000 + j, stream=False, max_tokens=8))], 1)
             for j in range(5)
         ]
         served_after = Counter(r.release for batch in after for r in batch)
         _say(f"next 5 requests served by {dict(served_after)}")
-        rollbacks = scrape_metric(
-            demo.url, "loragate_auto_rollbacks_total", tenant=tenant, model=alias
-        )
+        rollbacks = sum(
+            scrape_metric(url, "loragate_auto_rollbacks_total", tenant=tenant, model=alias)
+            for url in demo.gateways
+        )  # one of them won the compare-and-set: the sum is 1
         _say(f'loragate_auto_rollbacks_total{{tenant="{tenant}",model="{alias}"}} {rollbacks:g}')
         return 0
     finally:

@@ -75,6 +75,10 @@ class Replica:
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     busy_s: float = 0.0  # seconds with at least one request in flight, up to busy_since
     busy_since: float = 0.0
+    # The same busy periods on the wall clock, for the fleet's engine-time union (gateways on
+    # several hosts can only be lined up by wall time); drained by `take_busy`.
+    busy_since_wall: float = 0.0
+    busy_log: list[tuple[float, float]] = field(default_factory=list)
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -82,6 +86,20 @@ class Replica:
     def busy_seconds(self, now: float) -> float:
         """Cumulative seconds this gateway had a request in flight here (engine-time share)."""
         return self.busy_s + (now - self.busy_since if self.in_flight > 0 else 0.0)
+
+    def take_busy(self, now_wall: float) -> list[tuple[float, float]]:
+        """The wall-clock busy intervals since the last call (a running one up to `now_wall`)."""
+        out, self.busy_log = self.busy_log, []
+        if self.in_flight > 0:
+            out.append((self.busy_since_wall, now_wall))
+            self.busy_since_wall = now_wall
+        return out
+
+    def end_busy(self, now_wall: float) -> None:
+        if self.busy_log and self.busy_since_wall - self.busy_log[-1][1] < 0.001:
+            self.busy_log[-1] = (self.busy_log[-1][0], now_wall)  # bounded under light load
+        else:
+            self.busy_log.append((self.busy_since_wall, now_wall))
 
 
 @dataclass
@@ -279,6 +297,7 @@ class EnginePool:
         replica.in_flight -= 1
         if replica.in_flight == 0:
             replica.busy_s += time.monotonic() - replica.busy_since
+            replica.end_busy(time.time())
         self._changed()
         self._wake(1)
 
@@ -314,6 +333,7 @@ class EnginePool:
         replica.in_flight += 1
         if replica.in_flight == 1:
             replica.busy_since = time.monotonic()
+            replica.busy_since_wall = time.time()
         if engine_name is not None and count:
             if choice.miss:
                 self.misses += 1

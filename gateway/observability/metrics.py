@@ -34,6 +34,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from gateway.errors import CODES
 from registry.models import Arm
+from gateway.observability.series import SeriesKey
 
 UNKNOWN = "unknown"
 
@@ -234,6 +235,10 @@ class GatewayMetrics:
              registry=registry).info(dict(build or {"version": "unknown", "revision": "unknown"}))
 
         # Engine pool.
+        self._engine_busy = counter("loragate_engine_attributed_seconds",
+                                    "Replica busy time this gateway attributed to its series (its "
+                                    "share of the fleet's); summed over gateways: the replica's "
+                                    "busy time.", ("engine",))
         self._engine_in_flight = gauge("loragate_engine_in_flight",
                                        "Requests in flight per engine replica.", ("engine",))
         self._engine_healthy = gauge("loragate_engine_healthy",
@@ -267,6 +272,13 @@ class GatewayMetrics:
                                     ("tenant", "model"))
         self._auto_rollbacks = counter("loragate_auto_rollbacks",
                                        "Automatic canary rollbacks.", ("tenant", "model"))
+        self._canary_fallback = Gauge("loragate_canary_local_fallback",
+                                      "1 while the canary guard judges this process's own windows "
+                                      "because the fleet's (Redis) did not answer.",
+                                      registry=registry)
+        self._canary_gateways = Gauge("loragate_canary_fleet_gateways",
+                                      "Gateway processes in the canary guard's last fleet sum.",
+                                      registry=registry)
         self._limit_rejections = counter("loragate_limit_rejections",
                                          "Requests rejected by a tenant limit.",
                                          ("tenant", "code"))
@@ -305,7 +317,7 @@ class GatewayMetrics:
         self._by_model: tuple[_AnyChildren, ...] = (self._canary_weight, self._auto_rollbacks)
         self._request_series: dict[tuple[str, ...], _RequestSeries] = {}
         self._by_engine: tuple[_AnyChildren, ...] = (
-            self._engine_in_flight, self._engine_healthy, self._engine_adapters,
+            self._engine_in_flight, self._engine_busy, self._engine_healthy, self._engine_adapters,
             self._engine_ejected,
             self._adapter_loads,
         )  # fmt: skip
@@ -403,12 +415,15 @@ class GatewayMetrics:
             overhead=self._overhead.get((key[0],)),
         )
 
-    def add_engine_seconds(self, shares: Mapping[tuple[str, str, str, str], float]) -> None:
-        for (tenant, model, release, arm), seconds in shares.items():
+    def add_engine_seconds(self, shares: Mapping[SeriesKey, float], engine: str) -> None:
+        """One replica's busy seconds attributed to series (engine_time.py)."""
+        total = 0.0
+        for key, seconds in shares.items():
             if seconds > 0:
-                self._engine_seconds.get(self._release_key(tenant, model, release, arm)).inc(
-                    seconds
-                )
+                self._engine_seconds.get(self._release_key(*key)).inc(seconds)
+                total += seconds
+        if total > 0:
+            self._engine_busy.get((self._engine(engine),)).inc(total)
 
     def observe_ttft(self, tenant: str, model: str, release: str, arm: str, ttft_s: float) -> None:
         self._ttft.get(self._release_key(tenant, model, release, arm)).observe(ttft_s)
@@ -502,6 +517,10 @@ class GatewayMetrics:
         if (tenant, model) in self._universe.models:
             self._canary_weight.get((tenant, model)).set(weight)
             self._auto_rollbacks.get((tenant, model))
+
+    def set_canary_fleet(self, *, fallback: bool, gateways: int) -> None:
+        self._canary_fallback.set(1 if fallback else 0)
+        self._canary_gateways.set(gateways)
 
     def count_auto_rollback(self, tenant: str, model: str) -> None:
         t, m, _ = bound(self._universe, tenant, model, UNKNOWN)

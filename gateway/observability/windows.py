@@ -5,12 +5,15 @@ up, and the hot path must stay free of I/O. `Windows.observe` is a dict lookup a
 (about a microsecond); every judgement runs off the hot path in the canary guard
 (gateway/rollout/guard.py) over `Windows.stats`.
 
-Windows are keyed by (tenant, alias, arm, release): a new canary release starts with an empty
-window, and samples of a release that left the alias are pruned.
+Windows are keyed by `SeriesKey` (tenant, alias, release, arm): a new canary release starts with
+an empty window, and samples of a release that left the alias are pruned. Each gateway publishes
+`Windows.tally` (mergeable counts and a latency histogram) for the fleet's guard
+(gateway/observability/fleet.py); `Windows.stats` is the local view, with an exact P95.
 
     windows = Windows(CanaryConfig())
-    windows.observe("acme", "support", "canary", "support-r2", "ok", 0.12, False, True)
-    canary = windows.stats(("acme", "support", "canary", "support-r2"), now=time.monotonic())
+    key = SeriesKey("acme", "support", "support-r2", "canary")
+    windows.observe(key, "ok", 0.12, False, True)
+    canary = windows.stats(key, now=time.monotonic())
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import NamedTuple
 
+from gateway.observability.series import SeriesKey
+from gateway.observability.tally import ArmStats, Tally
 from gateway.settings import CanaryConfig
 
-WindowKey = tuple[str, str, str, str]  # tenant, alias, arm, release
+__all__ = ["ArmStats", "Outcome", "SeriesKey", "Tally", "Windows", "p95", "summarize"]
 
 
 class Outcome(NamedTuple):
@@ -33,27 +37,6 @@ class Outcome(NamedTuple):
     latency_s: float
     refusal: bool
     schema_violation: bool
-
-
-@dataclass(frozen=True)
-class ArmStats:
-    requests: int = 0
-    errors: int = 0
-    refusals: int = 0
-    schema_violations: int = 0
-    p95_s: float | None = None  # over successful requests; None when there is none
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    @property
-    def refusal_rate(self) -> float:
-        return self.refusals / self.requests if self.requests else 0.0
-
-    @property
-    def schema_violation_rate(self) -> float:
-        return self.schema_violations / self.requests if self.requests else 0.0
 
 
 def p95(values: Iterable[float]) -> float | None:
@@ -78,21 +61,18 @@ def summarize(outcomes: Iterable[Outcome]) -> ArmStats:
 
 
 class Windows:
-    """Bounded deques of outcomes per (tenant, alias, arm, release); event-loop thread only."""
+    """Bounded deques of outcomes per series; event-loop thread only."""
 
     def __init__(
         self, config: CanaryConfig, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.config = config
         self._clock = clock
-        self._windows: dict[WindowKey, deque[Outcome]] = {}
+        self._windows: dict[SeriesKey, deque[Outcome]] = {}
 
     def observe(
         self,
-        tenant: str,
-        alias: str,
-        arm: str,
-        release: str,
+        key: SeriesKey,
         status: str,
         duration_s: float,
         refusal: bool,
@@ -100,33 +80,49 @@ class Windows:
     ) -> None:
         """The hot-path hook: one finished request. Client errors and cancellations say nothing
         about a release, so they are not counted."""
-        if status not in ("ok", "server_error") or release == "unknown":
+        if status not in ("ok", "server_error") or key.release == "unknown":
             return
-        key = (tenant, alias, arm, release)
         window = self._windows.get(key)
         if window is None:
             window = self._windows[key] = deque(maxlen=self.config.max_samples)
         window.append(Outcome(self._clock(), status != "ok", duration_s, refusal, schema_violation))
 
-    def stats(
-        self, key: WindowKey, *, now: float | None = None, since: float | None = None
-    ) -> ArmStats:
-        """The window's outcomes, optionally only those at or after `since` (the guard compares
-        the stable arm over the canary's lifetime only: the same traffic period)."""
+    def _outcomes(
+        self, key: SeriesKey, now: float | None, since: float | None
+    ) -> Iterable[Outcome]:
         window = self._windows.get(key)
         if not window:
-            return ArmStats()
+            return ()
         horizon = (self._clock() if now is None else now) - self.config.window_s
         while window and window[0].at < horizon:
             window.popleft()
         if since is not None and since > horizon:
-            return summarize(o for o in window if o.at >= since)
-        return summarize(window)
+            return [o for o in window if o.at >= since]
+        return window
 
-    def reset(self, key: WindowKey) -> None:
+    def stats(
+        self, key: SeriesKey, *, now: float | None = None, since: float | None = None
+    ) -> ArmStats:
+        """The window's outcomes, optionally only those at or after `since` (the guard compares
+        the stable arm over the canary's lifetime only: the same traffic period)."""
+        return summarize(self._outcomes(key, now, since))
+
+    def tally(
+        self, key: SeriesKey, *, now: float | None = None, since: float | None = None
+    ) -> Tally:
+        """The same outcomes as `stats`, as mergeable counts (what this process publishes)."""
+        out = Tally()
+        for o in self._outcomes(key, now, since):
+            out.add(
+                failed=o.failed, latency_s=o.latency_s, refusal=o.refusal,
+                schema_violation=o.schema_violation,
+            )  # fmt: skip
+        return out
+
+    def reset(self, key: SeriesKey) -> None:
         self._windows.pop(key, None)
 
-    def prune(self, keep: Callable[[WindowKey], bool]) -> None:
+    def prune(self, keep: Callable[[SeriesKey], bool]) -> None:
         """Drop the windows of releases that no longer serve their alias (bounded memory)."""
         for key in [k for k in self._windows if not keep(k)]:
             del self._windows[key]

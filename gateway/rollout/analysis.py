@@ -1,12 +1,11 @@
 """Canary analysis, the pure part: the verdict over two arms' outcome statistics.
 
-Each gateway process judges the windows it has (gateway/observability/windows.py); the
-registry's compare-and-set makes sure only one of several processes that reach the same verdict
-acts on it.
+Every gateway process judges the fleet's windows (the sum over live gateways,
+gateway/observability/fleet.py, or its own when Redis is away); the registry's compare-and-set
+makes sure only one of the processes that reach the same verdict acts on it.
 
-    stable = windows.stats(("acme", "support", "stable", "support-r1"))
-    canary = windows.stats(("acme", "support", "canary", "support-r2"))
-    decision = decide(stable, canary, release.thresholds)
+    arms = (await fleet.exchange([alias]))[("acme", "support")]
+    decision = decide(arms.stable, arms.canary, release.thresholds, scope="fleet of 3 gateways")
     if decision.action == "rollback": ...   # decision.reason has the numbers
 """
 
@@ -15,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.observability.windows import ArmStats
+from gateway.observability.tally import ArmStats
 from registry.compact import AnyThresholds
+from registry.models import Thresholds
 
 
 @dataclass(frozen=True)
@@ -25,15 +25,17 @@ class Decision:
     stable: ArmStats
     canary: ArmStats
     exceeded: tuple[str, ...] = ()
+    scope: str = ""  # whose numbers: "fleet of 3 gateways" or "local windows"
 
     @property
     def reason(self) -> str:
         """The triggering numbers, for the audit log and the guard's log line."""
         s, c = self.stable, self.canary
         head = "; ".join(self.exceeded) if self.exceeded else "all within thresholds"
+        scope = f"{self.scope}: " if self.scope else ""
         return (
             f"canary guard: {head} "
-            f"(canary n={c.requests} errors={c.errors} refusals={c.refusals} "
+            f"({scope}canary n={c.requests} errors={c.errors} refusals={c.refusals} "
             f"schema_violations={c.schema_violations} p95={_ms(c.p95_s)}; "
             f"stable n={s.requests} errors={s.errors} refusals={s.refusals} "
             f"schema_violations={s.schema_violations} p95={_ms(s.p95_s)})"
@@ -50,6 +52,7 @@ def decide(
     thresholds: AnyThresholds,
     *,
     promote_min_requests: int | None = None,
+    scope: str = "",
 ) -> Decision:
     """Compare the arms against the canary release's thresholds.
 
@@ -59,7 +62,7 @@ def decide(
     blame the canary.
     """
     if min(stable.requests, canary.requests) < thresholds.min_requests:
-        return Decision("wait", stable, canary)
+        return Decision("wait", stable, canary, scope=scope)
     exceeded: list[str] = []
 
     def check_rate(name: str, c: float, s: float, limit: float) -> None:
@@ -84,7 +87,7 @@ def decide(
         thresholds.max_schema_violation_rate_delta,
     )
     if exceeded:
-        return Decision("rollback", stable, canary, tuple(exceeded))
+        return Decision("rollback", stable, canary, tuple(exceeded), scope)
     if promote_min_requests is not None and canary.requests >= promote_min_requests:
-        return Decision("promote", stable, canary)
-    return Decision("hold", stable, canary)
+        return Decision("promote", stable, canary, scope=scope)
+    return Decision("hold", stable, canary, scope=scope)

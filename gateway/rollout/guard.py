@@ -5,7 +5,13 @@ gateway process or this loop may all move the alias at the same time; the compar
 exactly one of them win. A loser sees RevisionConflict and simply judges again on the next snapshot.
 The audit entry carries the triggering numbers (`Decision.reason`), the actor is `canary-guard`.
 
-    guard = CanaryGuard(windows, store, watcher, metrics)
+Why every process judges the *fleet's* numbers (gateway/observability/fleet.py): with 3 gateways
+each sees a third of the traffic; judged alone, each would need three times as long to reach the
+minimum sample and each would act on a different sample. Each pass publishes this process's
+windows and reads the sum over the live gateways in one round trip, so all processes reach the
+same verdict within one interval and the compare-and-set picks one writer.
+
+    guard = CanaryGuard(FleetWindows(windows, FleetStore(redis), "gw-1", metrics), store, ...)
     task = asyncio.create_task(guard.run(interval_s=1.0))   # in the lifespan
     await guard.tick()                                       # one pass (tests)
 """
@@ -19,15 +25,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gateway.observability.fleet import Arms, FleetWindows
 from gateway.observability.metrics import GatewayMetrics
-from gateway.observability.windows import Windows
+from gateway.observability.series import SeriesKey
 from gateway.rollout.analysis import Decision, decide
 from gateway.rollout.evaluation import eval_passes
+from gateway.settings import CanaryConfig
 from gateway.state import AppState
 from registry import rollout
 from registry.compact import AliasRec, AnyAlias
 from registry.errors import RegistryError, RevisionConflict
-from registry.models import Alias
+from registry.models import Alias, Thresholds
 from registry.snapshot import SnapshotWatcher
 from registry.state import RegistryState
 from registry.store import RegistryStore
@@ -50,20 +58,18 @@ class Action:
 class CanaryGuard:
     def __init__(
         self,
-        windows: Windows,
+        fleet: FleetWindows,
         store: RegistryStore,
         watcher: SnapshotWatcher,
         metrics: GatewayMetrics,
         *,
-        clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         promotion_gate: Callable[[AnyAlias], Awaitable[bool]] | None = None,
     ) -> None:
-        self.windows = windows
+        self.fleet = fleet
         self._store = store
         self._watcher = watcher
         self._metrics = metrics
-        self._clock = clock
         self._wall = wall_clock
         self._gate = promotion_gate
         # (tenant, alias) -> revision already acted on, so a lost race is not retried every tick.
@@ -81,41 +87,26 @@ class CanaryGuard:
                 log.exception("canary guard pass failed")
             await asyncio.sleep(interval_s)
 
-    def judge(self, state: RegistryState, alias: AnyAlias) -> Decision | None:
-        """The verdict for one alias over the current windows, or None when it is not guarded."""
-        if alias.canary is None or alias.stable is None or alias.flags.kill_switch:
+    async def judge(self, state: RegistryState, alias: AnyAlias) -> Decision | None:
+        """The verdict for one alias over the fleet's windows, or None when it is not guarded."""
+        if not guarded(state, alias):
             return None
-        release = state.release(alias.tenant, alias.canary)
-        if release is None:
-            return None
-        now = self._clock()
-        # A concurrent comparison: stable outcomes from before the canary started (another
-        # period, another load) do not count. Wall-clock start -> this process's monotonic clock.
-        started = (
-            alias.canary_started
-            if isinstance(alias, AliasRec)
-            else rollout.canary_started_at(alias)
-        )
-        since = None if started is None else now - max(0.0, self._wall() - started)
-        stable_key = (alias.tenant, alias.alias, "stable", alias.stable)
-        stable = self.windows.stats(stable_key, now=now, since=since)
-        canary = self.windows.stats((alias.tenant, alias.alias, "canary", alias.canary), now=now)
-        config = self.windows.config
-        promote_min = config.promote_min_requests if config.auto_promote else None
-        return decide(stable, canary, release.thresholds, promote_min_requests=promote_min)
+        arms = (await self.fleet.exchange([alias]))[(alias.tenant, alias.alias)]
+        return verdict(state, alias, arms, self.fleet.windows.config)
 
     async def tick(self) -> list[Action]:
         state = self._watcher.state
         self._prune(state)
+        # Only aliases running a canary: an index, not a scan of every alias.
+        candidates = (state.aliases.get(key) for key in sorted(state.canaries))
+        aliases = [a for a in candidates if a is not None and guarded(state, a)]
+        fleet = await self.fleet.exchange(aliases)  # publishes even the ones acted on: cheap
         actions: list[Action] = []
-        # Only aliases running a canary (the index is copied: writes land while this awaits).
-        for tenant, name in sorted(state.canaries):
-            alias = state.aliases.get((tenant, name))
-            if alias is None or self._acted.get((tenant, name)) == alias.revision:
+        for alias in aliases:
+            if self._acted.get((alias.tenant, alias.alias)) == alias.revision:
                 continue
-            decision = self.judge(state, alias)
-            if decision is None:
-                continue
+            decision = verdict(state, alias, fleet[(alias.tenant, alias.alias)],
+                               self.fleet.windows.config)  # fmt: skip
             if decision.action == "rollback" and alias.flags.auto_rollback:
                 actions.append(await self._rollback(alias, decision))
             elif decision.action == "promote" and await self._may_promote(alias):
@@ -179,20 +170,47 @@ class CanaryGuard:
         return True
 
     def _prune(self, state: RegistryState) -> None:
-        def live(key: tuple[str, str, str, str]) -> bool:
-            tenant, name, arm, release = key
-            alias = state.aliases.get((tenant, name))
+        def live(key: SeriesKey) -> bool:
+            alias = state.aliases.get((key.tenant, key.alias))
             if alias is None:
                 return False
-            return release == (alias.stable if arm == "stable" else alias.canary)
+            return key.release == (alias.stable if key.arm == "stable" else alias.canary)
 
-        self.windows.prune(live)  # per window held, not per alias registered
+        self.fleet.windows.prune(live)  # per window held, not per alias registered
         self._acted = {k: v for k, v in self._acted.items() if k in state.aliases}
         self._refused = {k: v for k, v in self._refused.items() if k in state.aliases}
 
 
+def guarded(state: RegistryState, alias: AnyAlias) -> bool:
+    """A canary in progress that the guard judges (and the fleet publishes windows for)."""
+    return (
+        alias.canary is not None
+        and alias.stable is not None
+        and not alias.flags.kill_switch
+        and state.release(alias.tenant, alias.canary) is not None
+    )
+
+
+def verdict(
+    state: RegistryState, alias: AnyAlias, arms: Arms, config: CanaryConfig
+) -> Decision:
+    """The decision over `arms` against the canary release's thresholds (guard, admin status)."""
+    assert alias.canary is not None
+    release = state.release(alias.tenant, alias.canary)
+    thresholds = release.thresholds if release is not None else Thresholds()
+    promote_min = config.promote_min_requests if config.auto_promote else None
+    scope = (
+        f"fleet totals over {arms.gateways} gateway process(es)"
+        if arms.source == "fleet"
+        else "local windows of this process (fleet numbers unavailable)"
+    )
+    return decide(
+        arms.stable, arms.canary, thresholds, promote_min_requests=promote_min, scope=scope
+    )
+
+
 def start_guard(state: AppState) -> asyncio.Task[None] | None:
-    """The lifespan hook: the guard loop over this process's windows (None when disabled)."""
+    """The lifespan hook: the guard loop over the fleet's windows (None when disabled)."""
     config = state.canary_windows.config
     if not config.enabled:
         return None
@@ -200,9 +218,7 @@ def start_guard(state: AppState) -> asyncio.Task[None] | None:
     async def gate(alias: AnyAlias) -> bool:
         return await eval_passes(state, alias)
 
-    guard = CanaryGuard(
-        state.canary_windows, state.store, state.watcher, state.metrics, promotion_gate=gate
-    )
+    guard = CanaryGuard(state.fleet, state.store, state.watcher, state.metrics, promotion_gate=gate)
     return asyncio.create_task(guard.run(config.interval_s), name="canary-guard")
 
 

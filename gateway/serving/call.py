@@ -20,6 +20,7 @@ from gateway.limits.limiter import Reservation
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.requestlog import CANCELLED_STATUS, emit, request_record
 from gateway.observability.tracing import RequestTrace
+from gateway.observability.series import SeriesKey
 from gateway.serving.output_checks import Verdict
 from gateway.state import AppState
 from registry.compact import AnyAdapter, AnyKey, AnyRelease, AnyTenant
@@ -117,19 +118,16 @@ def finish(state: AppState, call: Call, code: str) -> None:
         completion_tokens=call.completion_tokens,
         cost=cost,
     )
+    series = SeriesKey(call.tenant_id, call.alias, call.release_id, call.arm)
     state.canary_windows.observe(
-        call.tenant_id, call.alias, call.arm, call.release_id, status, duration,
-        call.verdict.refusal, call.verdict.schema_violation,
-    )  # fmt: skip
+        series, status, duration, call.verdict.refusal, call.verdict.schema_violation
+    )
     if status != "ok":
         state.metrics.count_error(call.tenant_id, code)
     engine = call.headers.get("x-loragate-engine")
     if engine is not None:
-        state.engine_time.add_tokens(
-            engine,
-            (call.tenant_id, call.alias, call.release_id, call.arm),
-            call.prompt_tokens + call.completion_tokens,
-        )
+        tokens = call.prompt_tokens + call.completion_tokens
+        state.engine_time.add_tokens(engine, series, tokens, at=time.time())
     if state.settings.request_log:
         _log(call, engine, code, status, duration, cost)
     if call.trace is not None:

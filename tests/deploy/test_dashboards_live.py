@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from deploy.grafana.queries import iter_annotation_queries, substitute_variables
 from gateway.demo.panels import has_data
 from gateway.observability.metrics import GatewayMetrics, InFlight
+from gateway.observability.series import SeriesKey
 from tests.fixtures.prometheus import MetricsEndpoint, PrometheusServer, panel_failures
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ def synthetic_metrics() -> tuple[GatewayMetrics, list[InFlight]]:
 def feed(metrics: GatewayMetrics) -> None:
     for tenant, (model, stable, canary) in TENANTS.items():
         for arm, release, slow in (("stable", stable, 1.0), ("canary", canary, 1.5)):
-            args = (tenant, model, release, arm)
+            args = SeriesKey(tenant, model, release, arm)
             metrics.observe_request(*args, "ok", 0.4 * slow, 0.0003, 20, 16, 0.002)
             metrics.observe_request(*args, "server_error", 1.2 * slow, 0.0005, 20, 0, 0.0)
             metrics.observe_request(*args, "client_error", 0.01, 0.0002)
@@ -58,7 +59,7 @@ def feed(metrics: GatewayMetrics) -> None:
             metrics.observe_itl(*args, [0.02, 0.03 * slow])
             metrics.count_refusal(*args)
             metrics.count_schema_violation(*args)
-            metrics.add_engine_seconds({args: 0.25 * slow})
+            metrics.add_engine_seconds({args: 0.25 * slow}, ENGINES[0])
         metrics.count_error(tenant, "engine_unavailable")
         metrics.count_limit_rejection(tenant, "rate_limited")
         metrics.count_auto_rollback(tenant, model)

@@ -1,5 +1,6 @@
 """The canary guard against a real redis-server: it rolls back through the registry's
-compare-and-set, audits the numbers, counts the metric, and of racing guards exactly one wins."""
+compare-and-set, audits the numbers, counts the metric, and of racing guards exactly one wins.
+Each `Gateway` here publishes its windows to the fleet (registry/fleet.py) under its own id."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from adapters.artifact import ArtifactInfo
+from gateway.observability.fleet import FleetWindows
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.series import SeriesKey
 from gateway.observability.windows import Windows
 from gateway.rollout.guard import ACTOR, CanaryGuard
 from gateway.settings import CanaryConfig
@@ -20,6 +23,8 @@ from registry import rollout
 from registry.compact import AliasRec, AnyAlias, alias_rec
 from registry.errors import RegistryUnavailable
 from registry.models import Thresholds
+from registry.fleet import FleetStore
+from registry.models import Alias, Thresholds
 from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
 from tests.fixtures.redis import RedisServer
@@ -48,17 +53,36 @@ async def _seed(store: RegistryStore) -> None:
 class Gateway:
     """What one gateway process holds for the guard: its own watcher, windows and metrics."""
 
-    def __init__(self, store: RegistryStore, redis: aioredis.Redis, config: CanaryConfig) -> None:
+    made = 0
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        redis: aioredis.Redis,
+        config: CanaryConfig,
+        *,
+        lease_s: float = 5.0,
+        fleet_timeout: float = 2.0,
+    ) -> None:
+        Gateway.made += 1
         self.registry = CollectorRegistry()
         self.metrics = GatewayMetrics(self.registry, currency="USD", engines=[])
         self.watcher = SnapshotWatcher(store, redis, poll_interval=0.2, max_staleness=60)
         self.windows = Windows(config)
-        self.guard = CanaryGuard(self.windows, store, self.watcher, self.metrics)
+        fleet_store = FleetStore(redis, timeout=fleet_timeout)
+        self.fleet = FleetWindows(
+            self.windows, fleet_store, f"gw-{Gateway.made}", self.metrics, lease_s=lease_s
+        )
+        self.guard = CanaryGuard(self.fleet, store, self.watcher, self.metrics)
 
     def traffic(self, arm: str, release: str, n: int, *, failed: int = 0) -> None:
         for i in range(n):
             status = "server_error" if i < failed else "ok"
-            self.windows.observe("acme", "support", arm, release, status, 0.05, False, False)
+            key = SeriesKey("acme", "support", release, arm)
+            self.windows.observe(key, status, 0.05, False, False)
+
+    def gauge(self, name: str) -> float | None:
+        return self.registry.get_sample_value(name)
 
     def rollbacks(self) -> float:
         value = self.registry.get_sample_value(
@@ -116,14 +140,17 @@ async def test_stable_outcomes_from_before_the_canary_started_do_not_count(
     now = [1000.0]  # one monotonic clock for the windows and the guard; wall = wall0 + it
     wall0 = 1_700_000_000.0
     windows = Windows(CanaryConfig(), clock=lambda: now[0])
-    guard = CanaryGuard(
-        windows, registry_store, gw.watcher, gw.metrics,
+    fleet = FleetWindows(
+        windows, None, "gw-clock", gw.metrics,
         clock=lambda: now[0], wall_clock=lambda: wall0 + now[0],
     )  # fmt: skip
+    guard = CanaryGuard(
+        fleet, registry_store, gw.watcher, gw.metrics, wall_clock=lambda: wall0 + now[0]
+    )
 
     def traffic(arm: str, release: str, n: int, status: str) -> None:
         for _ in range(n):
-            windows.observe("acme", "support", arm, release, status, 0.05, False, False)
+            windows.observe(SeriesKey("acme", "support", release, arm), status, 0.05, False, False)
 
     traffic("stable", "support-r1", 30, "server_error")  # an incident, before the canary
     await registry_store.mutate_alias(
@@ -168,7 +195,7 @@ async def test_guard_leaves_alone_what_it_must_not_touch(
         change=lambda a: rollout.set_flags(a, {"auto_rollback": False}, now=0.0),
     )  # fmt: skip
     await gw.watcher.refresh()
-    decision = gw.guard.judge(gw.watcher.state, _alias(gw))
+    decision = await gw.guard.judge(gw.watcher.state, _alias(gw))
     assert decision is not None
     assert decision.action == "rollback"  # judged bad, but the flag is off
     assert await gw.guard.tick() == []
@@ -210,7 +237,7 @@ async def test_an_unreachable_registry_is_retried_on_the_next_pass(
     client = aioredis.Redis.from_url(redis_private.url, socket_timeout=1, socket_connect_timeout=1)
     store = RegistryStore(client, b"guard-test", timeout=0.5)
     await _seed(store)
-    gw = Gateway(store, client, CanaryConfig())
+    gw = Gateway(store, client, CanaryConfig(), fleet_timeout=0.5)
     await gw.watcher.start()
     try:
         gw.traffic("stable", "support-r1", 20)
@@ -218,11 +245,14 @@ async def test_an_unreachable_registry_is_retried_on_the_next_pass(
         redis_private.freeze()
         try:
             with pytest.raises(RegistryUnavailable):
-                await gw.guard.tick()
+                await gw.guard.tick()  # judged on local windows, then the write fails
+            assert gw.gauge("loragate_canary_local_fallback") == 1.0
         finally:
             redis_private.thaw()
         (action,) = await gw.guard.tick()  # the same revision is tried again, and wins
         assert (action.action, action.won) == ("auto_rollback", True)
+        assert gw.gauge("loragate_canary_local_fallback") == 0.0
+        assert "fleet totals over 1 gateway" in action.decision.reason
         assert (await store.get_alias("acme", "support")).canary is None
     finally:
         await gw.watcher.stop()
@@ -241,7 +271,7 @@ async def test_auto_promotion_after_a_clean_window_is_opt_in(
         gate_calls.append(str(alias.canary))
         return len(gate_calls) > 1  # the first evaluation fails, a later revision passes
 
-    gw.guard = CanaryGuard(gw.windows, registry_store, gw.watcher, gw.metrics, promotion_gate=gate)
+    gw.guard = CanaryGuard(gw.fleet, registry_store, gw.watcher, gw.metrics, promotion_gate=gate)
     await gw.watcher.start()
     try:
         gw.traffic("stable", "support-r1", 50)

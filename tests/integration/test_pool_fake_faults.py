@@ -217,14 +217,16 @@ async def test_one_tenant_beyond_cap_and_queue_is_a_fast_429(
     wait_for(lambda: metric(gw.url, "loragate_engine_in_flight", engine="engine-0") == 0, 5)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("stream", [False, True])
 def test_disconnect_while_engine_holds_the_request_reaches_the_engine(
-    gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory, stream: bool
+    gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory, stream: bool, workers: int
 ) -> None:
-    """Before the first byte: the gateway waits on the engine's headers (stream) or body."""
+    """Before the first byte: the gateway waits on the engine's headers (stream) or body. With 2
+    worker processes the merged /metrics shows the one request in flight, then none."""
     fake = fake_engine()
     fake.default = Step("hold")
-    gw = gateway_factory(engines=[fake.url])
+    gw = gateway_factory(engines=[fake.url], workers=workers)
     tenant = gw.seed_tenant("leaver", adapter=None)
     gw.wait_ready()
     sock = open_raw_chat(gw.url, tenant.api_key, chat_body("chat", stream=stream))

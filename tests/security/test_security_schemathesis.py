@@ -58,7 +58,7 @@ CHECKS = (
     "unsupported_method",
     "allow_header_conformance",
 )
-OPERATIONS = 25  # 4 tenant + 21 admin
+OPERATIONS = 26  # 4 tenant + 22 admin
 
 
 class Tally:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.observability.series import SeriesKey
 from gateway.observability.windows import ArmStats, Outcome, Windows, p95, summarize
 from gateway.rollout.analysis import decide
 from gateway.settings import CanaryConfig
@@ -192,17 +193,25 @@ class Clock:
 def test_windows_count_only_release_outcomes_and_expire() -> None:
     clock = Clock()
     windows = Windows(CanaryConfig(window_s=10.0, max_samples=50), clock=clock)
-    key = ("acme", "support", "canary", "support-r2")
-    windows.observe("acme", "support", "canary", "support-r2", "ok", 0.1, False, True)
-    windows.observe("acme", "support", "canary", "support-r2", "server_error", 0.2, False, False)
-    windows.observe("acme", "support", "canary", "support-r2", "client_error", 0.0, False, False)
-    windows.observe("acme", "support", "canary", "support-r2", "cancelled", 0.0, False, False)
-    windows.observe("acme", "support", "stable", "unknown", "server_error", 0.0, False, False)
+    key = SeriesKey("acme", "support", "support-r2", "canary")
+    windows.observe(SeriesKey("acme", "support", "support-r2", "canary"), "ok", 0.1, False, True)
+    windows.observe(
+        SeriesKey("acme", "support", "support-r2", "canary"), "server_error", 0.2, False, False
+    )
+    windows.observe(
+        SeriesKey("acme", "support", "support-r2", "canary"), "client_error", 0.0, False, False
+    )
+    windows.observe(
+        SeriesKey("acme", "support", "support-r2", "canary"), "cancelled", 0.0, False, False
+    )
+    windows.observe(
+        SeriesKey("acme", "support", "unknown", "stable"), "server_error", 0.0, False, False
+    )
     stats = windows.stats(key)
     assert (stats.requests, stats.errors, stats.schema_violations) == (2, 1, 1)
     assert len(windows) == 1
     clock.now += 5.0
-    windows.observe("acme", "support", "canary", "support-r2", "ok", 0.3, True, False)
+    windows.observe(SeriesKey("acme", "support", "support-r2", "canary"), "ok", 0.3, True, False)
     assert windows.stats(key).requests == 3
     clock.now += 6.0  # the first two are now 11 s old
     stats = windows.stats(key)
@@ -214,26 +223,32 @@ def test_windows_count_only_release_outcomes_and_expire() -> None:
 def test_windows_are_bounded_and_pruned() -> None:
     windows = Windows(CanaryConfig(max_samples=10), clock=Clock())
     for _ in range(100):
-        windows.observe("acme", "support", "stable", "support-r1", "ok", 0.1, False, False)
-        windows.observe("acme", "support", "canary", "support-r2", "ok", 0.1, False, False)
-    assert windows.stats(("acme", "support", "stable", "support-r1")).requests == 10
-    windows.prune(lambda key: key[2] == "stable")
+        windows.observe(
+            SeriesKey("acme", "support", "support-r1", "stable"), "ok", 0.1, False, False
+        )
+        windows.observe(
+            SeriesKey("acme", "support", "support-r2", "canary"), "ok", 0.1, False, False
+        )
+    assert windows.stats(SeriesKey("acme", "support", "support-r1", "stable")).requests == 10
+    windows.prune(lambda key: key.arm == "stable")
     assert len(windows) == 1
-    assert windows.stats(("acme", "support", "canary", "support-r2")) == ArmStats()
+    assert windows.stats(SeriesKey("acme", "support", "support-r2", "canary")) == ArmStats()
 
 
 def test_stats_since_counts_only_the_later_outcomes() -> None:
     clock = Clock()
     windows = Windows(CanaryConfig(window_s=60.0), clock=clock)
-    key = ("acme", "support", "stable", "support-r1")
+    key = SeriesKey("acme", "support", "support-r1", "stable")
     for _ in range(5):
         windows.observe(
-            "acme", "support", "stable", "support-r1", "server_error", 0.1, False, False
+            SeriesKey("acme", "support", "support-r1", "stable"), "server_error", 0.1, False, False
         )
     started = clock.now + 1.0
     clock.now += 2.0
     for _ in range(3):
-        windows.observe("acme", "support", "stable", "support-r1", "ok", 0.1, False, False)
+        windows.observe(
+            SeriesKey("acme", "support", "support-r1", "stable"), "ok", 0.1, False, False
+        )
     assert (windows.stats(key).requests, windows.stats(key).errors) == (8, 5)
     since = windows.stats(key, since=started)
     assert (since.requests, since.errors) == (3, 0)
