@@ -39,13 +39,12 @@ from gateway.engines.upstream import Upstream
 from gateway.errors import ApiError, from_domain
 from gateway.limits.limiter import Limiter
 from gateway.observability import startup
-from gateway.observability.metrics import GatewayMetrics
-from gateway.observability.tracing import Tracing
 from gateway.observability.engine_time import EngineTime
 from gateway.observability.fleet import FleetWindows
 from gateway.observability.fleet_time import EngineTimeLoop
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.requestlog import start_writer
+from gateway.observability.tracing import Tracing
 from gateway.observability.windows import Windows
 from gateway.observability.workers import (
     WORKERS_DIR_ENV,

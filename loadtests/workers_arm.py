@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from adapters.ports import free_port
 from loadtests import stack
 from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
-from loadtests.procs import free_port
 
 
 def run(

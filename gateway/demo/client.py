@@ -4,6 +4,7 @@ it. Used by `loragate demo observe` and `loragate demo bad-canary` (gateway/demo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile

@@ -271,8 +271,8 @@ def bad_canary_cmd(args: argparse.Namespace) -> int:
         print()
         print(format_audit(entry.model_dump()))
         print()
-        fleet = re.search(r"fleet totals over (\d+) gateway", entry["reason"])
-        counted = re.search(r"canary n=(\d+)", entry["reason"])
+        fleet = re.search(r"fleet totals over (\d+) gateway", entry.reason)
+        counted = re.search(r"canary n=(\d+)", entry.reason)
         _say(
             f"fleet canary requests at the rollback: {counted[1] if counted else '?'} "
             f"(summed over {fleet[1] if fleet else 1} gateway process(es)); "

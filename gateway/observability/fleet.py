@@ -29,9 +29,9 @@ from gateway.observability.series import SeriesKey
 from gateway.observability.tally import ArmStats, Tally
 from gateway.observability.windows import Windows
 from registry import rollout
+from registry.compact import AliasRec, AnyAlias
 from registry.errors import RegistryUnavailable
 from registry.fleet import FleetStore
-from registry.compact import AliasRec, AnyAlias
 
 log = logging.getLogger("loragate.canary")
 

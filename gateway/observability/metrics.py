@@ -33,8 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from gateway.errors import CODES
-from registry.models import Arm
 from gateway.observability.series import SeriesKey
+from registry.models import Arm
 
 UNKNOWN = "unknown"
 

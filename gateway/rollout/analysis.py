@@ -16,7 +16,6 @@ from typing import Literal
 
 from gateway.observability.tally import ArmStats
 from registry.compact import AnyThresholds
-from registry.models import Thresholds
 
 
 @dataclass(frozen=True)

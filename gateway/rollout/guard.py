@@ -33,7 +33,7 @@ from gateway.rollout.evaluation import eval_passes
 from gateway.settings import CanaryConfig
 from gateway.state import AppState
 from registry import rollout
-from registry.compact import AliasRec, AnyAlias
+from registry.compact import AnyAlias
 from registry.errors import RegistryError, RevisionConflict
 from registry.models import Alias, Thresholds
 from registry.snapshot import SnapshotWatcher
@@ -191,9 +191,7 @@ def guarded(state: RegistryState, alias: AnyAlias) -> bool:
     )
 
 
-def verdict(
-    state: RegistryState, alias: AnyAlias, arms: Arms, config: CanaryConfig
-) -> Decision:
+def verdict(state: RegistryState, alias: AnyAlias, arms: Arms, config: CanaryConfig) -> Decision:
     """The decision over `arms` against the canary release's thresholds (guard, admin status)."""
     assert alias.canary is not None
     release = state.release(alias.tenant, alias.canary)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from gateway.observability.tally import ArmStats
 from gateway.rollout.analysis import Decision
 from gateway.rollout.guard import guarded, verdict
 from gateway.state import AppState
-from registry.models import Alias
+from registry.compact import AnyAlias
 
 
 def _arm(stats: ArmStats) -> dict[str, Any]:
@@ -30,7 +32,7 @@ def _arm(stats: ArmStats) -> dict[str, Any]:
     }
 
 
-async def decision_for(state: AppState, alias: Alias) -> tuple[Decision, str, int] | None:
+async def decision_for(state: AppState, alias: AnyAlias) -> tuple[Decision, str, int] | None:
     """The guard's verdict on the fleet's numbers now, with their source and gateway count."""
     snapshot = state.watcher.state
     if not guarded(snapshot, alias):
@@ -39,7 +41,7 @@ async def decision_for(state: AppState, alias: Alias) -> tuple[Decision, str, in
     return verdict(snapshot, alias, arms, state.canary_windows.config), arms.source, arms.gateways
 
 
-async def canary_status(state: AppState, alias: Alias) -> dict[str, Any]:
+async def canary_status(state: AppState, alias: AnyAlias) -> dict[str, Any]:
     out: dict[str, Any] = {
         "tenant": alias.tenant, "alias": alias.alias, "revision": alias.revision,
         "stable": alias.stable, "canary": alias.canary, "canary_weight": alias.canary_weight,
@@ -57,12 +59,12 @@ async def canary_status(state: AppState, alias: Alias) -> dict[str, Any]:
         "arms": {"stable": _arm(decision.stable), "canary": _arm(decision.canary)},
         "action": decision.action,  # wait | hold | rollback | promote
         "would_trip": list(decision.exceeded),
-        "thresholds": release.thresholds.model_dump() if release is not None else None,
+        "thresholds": msgspec.to_builtins(release.thresholds) if release is not None else None,
         "reason": decision.reason,
     }
 
 
-async def numbers_note(state: AppState, alias: Alias) -> str:
+async def numbers_note(state: AppState, alias: AnyAlias) -> str:
     """One line for a manual decision's audit reason: what the fleet's windows said then."""
     judged = await decision_for(state, alias)
     return "" if judged is None else judged[0].reason.replace("canary guard: ", "numbers: ", 1)

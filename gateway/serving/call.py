@@ -19,8 +19,8 @@ from gateway.errors import status_of
 from gateway.limits.limiter import Reservation
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.requestlog import CANCELLED_STATUS, emit, request_record
-from gateway.observability.tracing import RequestTrace
 from gateway.observability.series import SeriesKey
+from gateway.observability.tracing import RequestTrace
 from gateway.serving.output_checks import Verdict
 from gateway.state import AppState
 from registry.compact import AnyAdapter, AnyKey, AnyRelease, AnyTenant

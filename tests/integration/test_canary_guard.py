@@ -22,9 +22,8 @@ from gateway.settings import CanaryConfig
 from registry import rollout
 from registry.compact import AliasRec, AnyAlias, alias_rec
 from registry.errors import RegistryUnavailable
-from registry.models import Thresholds
 from registry.fleet import FleetStore
-from registry.models import Alias, Thresholds
+from registry.models import Thresholds
 from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
 from tests.fixtures.redis import RedisServer
