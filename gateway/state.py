@@ -33,3 +33,8 @@ class AppState:
     base_adapter: AdapterVersion | None = None
     # replica busy time split by token share, settled into the metrics at scrape time
     engine_time: EngineTime = field(default_factory=EngineTime)
+    # HMAC secrets keys verify under, by id, the one new keys are made under first (rotation:
+    # settings.key_hmac_secrets); empty: `hmac_secret` alone, id "".
+    key_secrets: dict[str, bytes] = field(default_factory=dict)
+    # key HMAC -> unix minute of its last use on this gateway, flushed to Redis once a minute
+    key_use: dict[str, int] = field(default_factory=dict)

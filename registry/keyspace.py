@@ -12,6 +12,10 @@ Layout (the whole registry is small, so `load_state` reads it in one MULTI):
     <p>prompts      hash  <tenant>:<name>:<version>     -> PromptVersion JSON
     <p>releases     hash  <tenant>:<release_id>         -> Release JSON
     <p>aliases      hash  <tenant>:<alias>              -> Alias JSON
+    <p>principals   hash  <name>                        -> Principal JSON (token only as HMAC)
+    <p>principal_tokens hash <token hmac>               -> principal name
+    <p>key_seen     hash  <key hmac>                    -> last use, unix minute (throttled)
+    <p>audit_head   string  hash of the newest audit entry (the chain, see write.lua)
     <p>seq          hash  adapter|prompt|release:...    -> last allocated version number
     <p>epoch        int   incremented by every write
     <p>audit        stream, every write; <p>audit:<tenant> the same, per tenant
@@ -69,6 +73,22 @@ class Keyspace:
     @property
     def aliases(self) -> str:
         return f"{self.prefix}aliases"
+
+    @property
+    def principals(self) -> str:
+        return f"{self.prefix}principals"
+
+    @property
+    def principal_tokens(self) -> str:
+        return f"{self.prefix}principal_tokens"
+
+    @property
+    def key_seen(self) -> str:
+        return f"{self.prefix}key_seen"
+
+    @property
+    def audit_head(self) -> str:
+        return f"{self.prefix}audit_head"
 
     @property
     def seq(self) -> str:

@@ -18,6 +18,7 @@ import orjson
 from pydantic import BaseModel
 
 from registry import rollout
+from registry.access import AccessOps
 from registry.errors import (
     AlreadyExists,
     InvalidRollout,
@@ -29,6 +30,7 @@ from registry.models import (
     AdapterVersion,
     Alias,
     ApiKey,
+    KeyLimits,
     Limits,
     PriorityClass,
     PromptVersion,
@@ -36,7 +38,7 @@ from registry.models import (
     Tenant,
     Thresholds,
 )
-from registry.redis_edge import RedisEdge, text
+from registry.redis_edge import text
 from registry.refs import check_name, check_release_id, parse_ref
 from registry.secrets import hash_key, new_api_key
 from registry.writes import WriteSpec, encode, encode_value, new_marker, template
@@ -67,8 +69,9 @@ def _alias_summary(alias: Alias | None) -> str:
     )
 
 
-class RegistryStore(RedisEdge):
-    """The registry's operations; reads of the whole state and the audit are RedisEdge's."""
+class RegistryStore(AccessOps):
+    """The registry's operations; reads of the whole state and the audit are RedisEdge's,
+    principals, key listings and suspension are AccessOps's (registry/access.py)."""
 
     # -- tenants --------------------------------------------------------------------------------
 
@@ -159,13 +162,28 @@ class RegistryStore(RedisEdge):
 
     # -- keys -----------------------------------------------------------------------------------
 
-    async def issue_key(self, tenant_id: str, *, actor: str) -> tuple[ApiKey, str]:
-        """Returns the record and the plaintext key; the plaintext is never stored or logged."""
+    async def issue_key(
+        self,
+        tenant_id: str,
+        *,
+        actor: str,
+        name: str = "",
+        expires_at: float | None = None,
+        aliases: tuple[str, ...] = (),
+        limits: KeyLimits | None = None,
+        secret: tuple[str, bytes] | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Returns the record and the plaintext key; the plaintext is never stored or logged.
+        `secret`: (id, bytes) of the HMAC secret to hash under (default: the store's)."""
         check_name(tenant_id, "tenant id")
+        for alias in aliases:
+            check_name(alias, "alias")
         key_id, api_key = new_api_key()
+        secret_id, key_secret = secret if secret is not None else ("", self._secret)
         record = ApiKey(
-            key_id=key_id, tenant=tenant_id, key_hmac=hash_key(self._secret, api_key),
-            created_at=self._clock(),
+            key_id=key_id, tenant=tenant_id, key_hmac=hash_key(key_secret, api_key),
+            created_at=self._clock(), name=name, prefix=api_key[:7], expires_at=expires_at,
+            aliases=tuple(sorted(set(aliases))), limits=limits, secret_id=secret_id,
         )  # fmt: skip
         ks = self.keyspace
         spec = WriteSpec()
@@ -176,7 +194,10 @@ class RegistryStore(RedisEdge):
         async with self._guard():
             await self._write(
                 spec, actor=actor, action="issue_key", tenant=tenant_id, target=key_id,
-                after=encode_value({"key_id": key_id, "revoked": False}),
+                after=encode_value(
+                    {"key_id": key_id, "revoked": False, "name": name, "expires_at": expires_at,
+                     "aliases": list(record.aliases), "secret_id": secret_id}
+                ),
             )  # fmt: skip
         return record, api_key
 

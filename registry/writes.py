@@ -22,7 +22,9 @@ from pydantic import BaseModel
 from registry.errors import RegistryError
 
 SEQ_BYTE = "\x01"
-FIRST_HASH_KEY = 4  # KEYS[1..3] are the epoch, the audit stream and the tenant audit stream
+FIRST_HASH_KEY = (
+    5  # KEYS[1..4]: the epoch, the audit stream, the tenant audit stream, the chain head
+)
 
 
 def new_marker() -> int:
