@@ -113,6 +113,7 @@ async def resume_tenant(tenant: str, state: StateDep, actor: ActorDep) -> Tenant
 
 @router.get("/secrets")
 async def list_secrets(state: StateDep, actor: ActorDep) -> list[SecretPublic]:
+    await state.watcher.refresh()  # keys issued a moment ago count too
     counts: dict[str, int] = {}
     for key in state.watcher.state.keys.values():
         if not key.revoked:

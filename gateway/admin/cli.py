@@ -300,7 +300,8 @@ def _audit_chain(args: argparse.Namespace) -> int:
         after = str(page[-1]["id"])
     if not args.verify:
         return 0
-    if args.tenant is not None:
+    scoped = args.tenant is not None or _send(args, api.whoami())["tenants"] is not None
+    if scoped:
         # a tenant's stream holds copies of the global entries: each is checked on its own
         broken = [(i, f) for i, f in entries if not _self_consistent(f)]
         result_ok, first = not broken, broken[0][0] if broken else None

@@ -17,6 +17,7 @@ from tests.fixtures.inprocess import InProcessFactory
 from tests.fixtures.models import TinyModels
 from tests.security.test_security_roles import BODIES, admin_routes, fill
 
+
 def _admin_routes(app: FastAPI) -> list[tuple[str, str, str]]:
     """Every admin route the app serves, with its path parameters filled in."""
     return [(method, fill(path), name) for method, path, name in admin_routes(app)]

@@ -64,7 +64,7 @@ BODIES: dict[str, dict[str, Any]] = {
 
 def admin_routes(app: FastAPI) -> list[tuple[str, str, str]]:
     """(method, path template, route name) of every admin route the app serves."""
-    out = []
+    out: list[tuple[str, str, str]] = []
     pending: list[Any] = list(app.routes)
     while pending:
         route = pending.pop(0)
@@ -138,7 +138,9 @@ def may(role: str, scope: set[str] | None, need: str) -> bool:
     return RANKS[role] >= RANKS[need]
 
 
-async def test_s3b_authorization_matrix(inprocess_gateway: InProcessFactory, tmp_path: Path) -> None:
+async def test_s3b_authorization_matrix(
+    inprocess_gateway: InProcessFactory, tmp_path: Path
+) -> None:
     key, other, oidc = oidc_setup(tmp_path)
     gw = await inprocess_gateway(**oidc)
     t1 = await gw.seed_tenant("t1", adapter=None)
@@ -177,16 +179,17 @@ async def test_s3b_authorization_matrix(inprocess_gateway: InProcessFactory, tmp
     # what an unknown tenant answers the bootstrap admin is what a foreign one answers a scoped
     # operator (the message names only what was sent)
     op_other = gw.bearer(who["operator_other"][0])
-    mine = await gw.client.get("/admin/v1/tenants/t1", headers=op_other)
-    unknown = await gw.client.get("/admin/v1/tenants/t404", headers=gw.bearer(gw.admin_token))
-    assert (mine.status_code, mine.text) == (404, unknown.text.replace("t404", "t1"))
+    foreign = await gw.client.get("/admin/v1/tenants/t1", headers=op_other)
+    missing = await gw.client.get("/admin/v1/tenants/t404", headers=gw.bearer(gw.admin_token))
+    assert (foreign.status_code, foreign.text) == (404, missing.text.replace("t404", "t1"))
     # lists are filtered to the caller's tenants; another tenant's audit looks unknown
     listed = await gw.client.get("/admin/v1/tenants", headers=op_other)
     assert [t["id"] for t in listed.json()] == ["t2"]
     audit = await gw.client.get("/admin/v1/audit", params={"tenant": "t1"}, headers=op_other)
     assert audit.status_code == 404
     own = await gw.client.get("/admin/v1/audit", headers=op_other)
-    assert own.status_code == 200 and {e["tenant"] for e in own.json()} == {"t2"}
+    assert own.status_code == 200
+    assert {e["tenant"] for e in own.json()} == {"t2"}
     who_am_i = await gw.client.get("/admin/v1/whoami", headers=gw.bearer(who["oidc_operator"][0]))
     assert who_am_i.json() == {"name": "oidc:otto", "role": "operator", "tenants": None}
     print(f"FIGURE S3b: {len(routes)} routes x {len(who)} callers: {outcomes}")
