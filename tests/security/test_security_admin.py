@@ -13,9 +13,9 @@ from urllib.parse import quote
 import pytest
 from fastapi import FastAPI
 
+from tests.fixtures.admin_routes import BODIES, admin_routes, fill
 from tests.fixtures.inprocess import InProcessFactory
 from tests.fixtures.models import TinyModels
-from tests.security.test_security_roles import BODIES, admin_routes, fill
 
 
 def _admin_routes(app: FastAPI) -> list[tuple[str, str, str]]:

@@ -13,20 +13,14 @@ tenant answers.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import FastAPI
-from fastapi.routing import APIRoute
-
+from tests.fixtures.admin_routes import BODIES, admin_routes, fill
 from tests.fixtures.inprocess import InProcessFactory, InProcessGateway
+from tests.fixtures.oidc import oidc_setup, oidc_token
 
-ISSUER = "https://idp.test"
-AUDIENCE = "loragate-admin"
 RANKS = {"viewer": 0, "operator": 1, "admin": 2}
 
 # The documented role table: least role per route; "global": admin on every tenant.
@@ -43,60 +37,6 @@ EXPECTED: dict[str, str] = {
     "create_tenant": "global", "create_principal": "global", "list_principals": "global",
     "revoke_principal": "global", "list_secrets": "global",
 }  # fmt: skip
-
-PARAMS = {"tenant": "t1", "alias": "chat", "adapter": "lora", "prompt": "main", "key_id": "k1",
-          "name": "nobody"}  # fmt: skip
-BODIES: dict[str, dict[str, Any]] = {
-    "create_tenant": {"id": "t9"},
-    "patch_tenant": {"display_name": "x"},
-    "register_adapter": {"path": "tiny/tiny-lora-1"},
-    "register_prompt": {"system_prompt": "x"},
-    "create_release": {"adapter": None, "prompt": None},
-    "canary": {"release": "r1", "weight": 0.1, "expected_revision": 1},
-    "promote": {"expected_revision": 1},
-    "run_eval": {},
-    "rollback": {"reason": "x"},
-    "put_flags": {"kill_switch": False},
-    "issue_key": {"name": "matrix"},
-    "create_principal": {"name": "p9", "role": "viewer"},
-}
-
-
-def admin_routes(app: FastAPI) -> list[tuple[str, str, str]]:
-    """(method, path template, route name) of every admin route the app serves."""
-    out: list[tuple[str, str, str]] = []
-    pending: list[Any] = list(app.routes)
-    while pending:
-        route = pending.pop(0)
-        included = getattr(route, "original_router", None)  # FastAPI keeps included routers
-        if included is not None:
-            pending.extend(included.routes)
-        elif isinstance(route, APIRoute) and route.path.startswith("/admin/"):
-            out.extend((m, route.path, route.name) for m in sorted(route.methods or ()))
-    return out
-
-
-def fill(path: str, **override: str) -> str:
-    for name, value in (PARAMS | override).items():
-        path = path.replace("{" + name + "}", value)
-    return path
-
-
-def oidc_setup(tmp_path: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """A signing key, an unrelated key (for forged tokens) and the settings naming the JWKS."""
-    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [jwk | {"kid": "k1", "alg": "ES256", "use": "sig"}]}))
-    settings = {"oidc_jwks": str(jwks), "oidc_issuer": ISSUER, "oidc_audience": AUDIENCE,
-                "oidc_role_map": {"lg-ops": "operator"}}  # fmt: skip
-    return key, other, settings
-
-
-def oidc_token(key: Any, sub: str, role: str | list[str], *, exp: float | None = None) -> str:
-    claims = {"sub": sub, "loragate_role": role, "iss": ISSUER, "aud": AUDIENCE,
-              "exp": int(exp if exp is not None else time.time() + 600)}  # fmt: skip
-    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})
 
 
 async def callers(gw: InProcessGateway, tenant_key: str, key: Any, other: Any) -> dict[str, Any]:
