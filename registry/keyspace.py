@@ -21,7 +21,8 @@ Layout (the whole registry is small, so `load_state` reads it in one MULTI):
     <p>audit        stream, every write; <p>audit:<tenant> the same, per tenant
     <p>invalidate   pub/sub channel carrying the new epoch
 
-Limits (`registry/limits.py`), per scope, a tenant id; `{...}` is a Redis Cluster hash tag keeping
+Limits (`registry/limits.py`), per scope, a tenant id or `key:<tenant>:<key id>` (a key's own
+limits, `key_scope`); `{...}` is a Redis Cluster hash tag keeping
 a tenant's keys in one slot, so each Lua script touches one slot:
 
     <p>lim:{<scope>}:slots       zset   request id -> lease expiry (ms)
@@ -119,6 +120,11 @@ class Keyspace:
     def pattern(self) -> str:
         """SCAN pattern matching every key of this keyspace (tests dump it)."""
         return f"{self.prefix}*"
+
+
+def key_scope(tenant: str, key_id: str) -> str:
+    """The limits scope of one key's own limits (names have no `:`, so it never is a tenant's)."""
+    return f"key:{tenant}:{key_id}"
 
 
 def tenant_field(tenant: str, rest: str) -> str:

@@ -204,6 +204,13 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
             max_tokens=engine_body.get("max_tokens"),
         )
         call.headers.update(call.reservation.headers)
+        call.key_reservation = await state.limiter.admit_key(
+            call.tenant,
+            call.key,
+            call.request_id,
+            prompt_tokens=estimate_prompt_tokens(engine_body.get("messages") or []),
+            max_tokens=engine_body.get("max_tokens"),
+        )
         watch = Disconnect(receive)
         exchange = relay.Exchange(state, send, call, chat, engine_body, guard, watch)
         await (relay.stream if chat.stream else relay.complete)(exchange)
@@ -235,5 +242,6 @@ async def handle_chat(state: AppState, scope: Scope, receive: Receive, send: Sen
         if watch is not None:
             watch.stop()
         # Cancellation from outside skips finish(): free the slot anyway (no-op once settled).
-        if call.reservation is not None:
-            state.limiter.release(call.reservation)
+        for held in (call.reservation, call.key_reservation):
+            if held is not None:
+                state.limiter.release(held)

@@ -182,6 +182,11 @@ def test_key_lifecycle_on_the_hot_path(
         return 200
 
     assert ask(narrow.api_key) == 200
+    # a key's own limits apply on top of the tenant's (which has none here), to that key only
+    metered = gw.api.send(api.issue_key("acme", name="metered", limits={"requests_per_minute": 1}))
+    assert ask(metered.api_key) == 200
+    assert ask(metered.api_key) == 429
+    assert ask(narrow.api_key) == 200
     assert ask(narrow.api_key, "other") == 403  # model_not_allowed
     assert ask(short.api_key, "other") == 200
     gw.api.send(api.suspend_tenant("acme"))
