@@ -173,6 +173,11 @@ class AccessOps(RedisEdge):
 
     # -- audit export ---------------------------------------------------------------------------
 
+    @property
+    def audit_retention(self) -> int:
+        """Entries each audit stream keeps (Redis trims the oldest past about this many)."""
+        return self._audit_maxlen
+
     async def audit_since(
         self, after: str | None, count: int, tenant_id: str | None = None
     ) -> list[tuple[str, list[tuple[str, str]]]]:

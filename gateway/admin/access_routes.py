@@ -35,6 +35,7 @@ from gateway.errors import ApiError
 from registry.models import Principal
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
+RETENTION_HEADER = "x-loragate-audit-retention"  # entries kept; older ones are trimmed
 STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 
 
@@ -125,7 +126,17 @@ async def list_secrets(state: StateDep, actor: ActorDep) -> list[SecretPublic]:
 @router.get(
     "/audit/export",
     response_class=Response,
-    responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            "headers": {
+                RETENTION_HEADER: {
+                    "description": "Entries the log keeps (approximately); older ones are gone",
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                }
+            },
+        }
+    },
 )
 async def audit_export(
     state: StateDep,
@@ -136,10 +147,16 @@ async def audit_export(
 ) -> Response:
     """Audit entries after a position, oldest first, one JSON object per line with every field
     as stored (`prev` and `hash` chain each entry to the one before in the whole gateway's log;
-    `loragate admin audit --verify` checks them). Page on with the last line's `id`."""
+    `loragate admin audit --verify` checks them). Page on with the last line's `id`. The log
+    keeps about `x-loragate-audit-retention` entries (the store's `audit_maxlen`, 100,000);
+    a SIEM that exports at least that often loses nothing."""
     if after is not None and not STREAM_ID.fullmatch(after):
         raise ApiError("invalid_request", "`after` is a stream id like 1700000000000-0.", "after")
     stream = audit_scope(caller, tenant)
     entries = await state.store.audit_since(after, count, stream)
     lines = [orjson.dumps({"id": entry_id, "fields": fields}) for entry_id, fields in entries]
-    return Response(b"".join(line + b"\n" for line in lines), media_type="application/x-ndjson")
+    return Response(
+        b"".join(line + b"\n" for line in lines),
+        media_type="application/x-ndjson",
+        headers={RETENTION_HEADER: str(state.store.audit_retention)},
+    )

@@ -126,7 +126,10 @@ def test_scoped_operator_runs_its_release_cycle_with_the_cli(
         assert f"broken at entry {ids[4]}: previous entry missing" in err
     finally:
         r.close()
-    # the export is NDJSON from a position
+    # the export is NDJSON from a position, its retention stated
+    exported = gw_a.api.http.get("/audit/export", params={"count": 1})
+    assert exported.headers["x-loragate-audit-retention"] == "100000"
+    assert exported.headers["content-type"].startswith("application/x-ndjson")
     code, out, _ = run(capsys, "admin", "audit", "--export", "--after", ids[-3], *boot)
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0
