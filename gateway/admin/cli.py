@@ -305,13 +305,15 @@ def _audit_chain(args: argparse.Namespace) -> int:
         # a tenant's stream holds copies of the global entries: each is checked on its own
         broken = [(i, f) for i, f in entries if not _self_consistent(f)]
         result_ok, first = not broken, broken[0][0] if broken else None
+        head = ""
         why = "entry does not match its hash"
         checked = len(entries)
     else:
-        result = verify(entries)
+        result = verify(entries, anchor=args.anchor)
         result_ok, first, why, checked = result.ok, result.broken_at, result.why, result.checked
+        head = f", head {result.head}"  # the anchor for the next run (--after, --anchor)
     if result_ok:
-        print(f"audit chain holds: {checked} entries checked")
+        print(f"audit chain holds: {checked} entries checked{head}")
         return 0
     print(f"audit chain broken at entry {first}: {why}", file=sys.stderr)
     return 1
@@ -455,6 +457,9 @@ def register(sub: Any) -> None:
     p.add_argument("--export", action="store_true", help="NDJSON, oldest first, from --after")
     p.add_argument("--after", default=None, help="stream id to export or verify after")
     p.add_argument("--verify", action="store_true", help="exit 0 if the chain holds, else 1")
+    p.add_argument(
+        "--anchor", default=None, help="with --after: the hash of that entry (from an export)"
+    )
     admin.set_defaults(func=_normalise, admin_func=_run)
 
 

@@ -114,6 +114,11 @@ def test_scoped_operator_runs_its_release_cycle_with_the_cli(
     try:
         entries: list[Any] = r.xrange(stream) or []
         ids = [str(i) for i, _ in entries]
+        # a later run anchored on an entry it already holds
+        anchor = entries[1][1]["hash"]
+        later = ["admin", "audit", "--verify", "--after", ids[1], *boot]
+        assert run(capsys, *later, "--anchor", anchor)[0] == 0
+        assert run(capsys, *later, "--anchor", "0" * 40)[0] == 1
         last_id, fields = entries[-1]
         r.xdel(stream, last_id)
         forged = str(r.xadd(stream, {**fields, "actor": "someone-else"}))

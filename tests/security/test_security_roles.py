@@ -13,6 +13,9 @@ tenant answers.
 
 from __future__ import annotations
 
+import asyncio
+import http.server
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -134,3 +137,39 @@ async def test_s3b_authorization_matrix(
     assert who_am_i.json() == {"name": "oidc:otto", "role": "operator", "tenants": None}
     print(f"FIGURE S3b: {len(routes)} routes x {len(who)} callers: {outcomes}")
     assert min(outcomes.values()) > 0
+
+
+async def test_s3b_oidc_jwks_from_a_url(
+    inprocess_gateway: InProcessFactory, tmp_path: Path
+) -> None:
+    """The JWKS fetched over HTTP (PyJWT's client, in a worker thread): a signed token opens,
+    a forged one does not."""
+    key, other, oidc = oidc_setup(tmp_path)
+    jwks = await asyncio.to_thread(Path(oidc["oidc_jwks"]).read_bytes)
+
+    class Jwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(jwks)))
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+            gw = await inprocess_gateway(**(oidc | {"oidc_jwks": url}))
+            good = gw.bearer(oidc_token(key, "ada", "viewer"))
+            r = await gw.client.get("/admin/v1/whoami", headers=good)
+            assert r.json() == {"name": "oidc:ada", "role": "viewer", "tenants": None}, r.text
+            forged = gw.bearer(oidc_token(other, "eve", "admin"))
+            r = await gw.client.get("/admin/v1/whoami", headers=forged)
+            assert r.status_code == 401
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
