@@ -16,7 +16,7 @@ import orjson
 
 from registry.errors import AlreadyExists, NotFound, RevisionConflict
 from registry.keyspace import tenant_field
-from registry.models import ApiKey, Principal, Role, Tenant
+from registry.models import ApiKey, KeyLabel, Principal, Role, Tenant
 from registry.redis_edge import RedisEdge, text
 from registry.refs import check_name
 from registry.secrets import hash_admin_token, new_admin_token
@@ -119,8 +119,9 @@ class AccessOps(RedisEdge):
 
     # -- keys -----------------------------------------------------------------------------------
 
-    async def list_keys(self, tenant_id: str) -> list[ApiKey]:
-        """A tenant's keys, revoked ones included, oldest first (HSCAN of the key-id index)."""
+    async def list_keys(self, tenant_id: str) -> list[tuple[ApiKey, KeyLabel]]:
+        """A tenant's keys with their labels, revoked ones included, oldest first (HSCAN of the
+        key-id index)."""
         check_name(tenant_id, "tenant id")
         ks = self.keyspace
         hmacs: list[str] = []
@@ -130,8 +131,14 @@ class AccessOps(RedisEdge):
             ):
                 hmacs.append(text(value))
             raws: list[Any] = await self._redis.hmget(ks.keys, hmacs) if hmacs else []
-        keys = [ApiKey.model_validate(orjson.loads(r)) for r in raws if r is not None]
-        return sorted(keys, key=lambda k: (k.created_at, k.key_id))
+            labels: list[Any] = await self._redis.hmget(ks.key_labels, hmacs) if hmacs else []
+        keys = [
+            (ApiKey.model_validate(orjson.loads(r)),
+             KeyLabel() if label is None else KeyLabel.model_validate(orjson.loads(label)))
+            for r, label in zip(raws, labels, strict=True)
+            if r is not None
+        ]  # fmt: skip
+        return sorted(keys, key=lambda k: (k[0].created_at, k[0].key_id))
 
     async def key_last_seen(self, hmacs: list[str]) -> dict[str, int]:
         """Last use of each key, as a unix minute (keys never seen are left out)."""

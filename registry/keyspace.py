@@ -14,6 +14,7 @@ Layout (the whole registry is small, so `load_state` reads it in one MULTI):
     <p>aliases      hash  <tenant>:<alias>              -> Alias JSON
     <p>principals   hash  <name>                        -> Principal JSON (token only as HMAC)
     <p>principal_tokens hash <token hmac>               -> principal name
+    <p>key_labels   hash  <key hmac>                    -> KeyLabel JSON (name, prefix; listings)
     <p>key_seen     hash  <key hmac>                    -> last use, unix minute (throttled)
     <p>audit_head   string  hash of the newest audit entry (the chain, see write.lua)
     <p>seq          hash  adapter|prompt|release:...    -> last allocated version number
@@ -82,6 +83,10 @@ class Keyspace:
     @property
     def principal_tokens(self) -> str:
         return f"{self.prefix}principal_tokens"
+
+    @property
+    def key_labels(self) -> str:
+        return f"{self.prefix}key_labels"
 
     @property
     def key_seen(self) -> str:

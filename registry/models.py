@@ -94,8 +94,6 @@ class ApiKey(Record):
     key_hmac: str
     created_at: float = 0.0
     revoked: bool = False
-    name: str = ""
-    prefix: str = ""  # the first characters of the key, to recognise it in a listing
     expires_at: float | None = None
     aliases: tuple[Name, ...] = ()  # empty: every alias of the tenant
     limits: KeyLimits | None = None
@@ -104,6 +102,14 @@ class ApiKey(Record):
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")  # each may do what the ones before may
+
+
+class KeyLabel(Record):
+    """What a key listing shows besides the record: kept apart (`key_labels`), since the hot
+    path never needs it."""
+
+    name: str = ""
+    prefix: str = ""  # the first characters of the key, to recognise it in a listing
 
 
 class Principal(Record):

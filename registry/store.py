@@ -30,6 +30,7 @@ from registry.models import (
     AdapterVersion,
     Alias,
     ApiKey,
+    KeyLabel,
     KeyLimits,
     Limits,
     PriorityClass,
@@ -182,8 +183,8 @@ class RegistryStore(AccessOps):
         secret_id, key_secret = secret if secret is not None else ("", self._secret)
         record = ApiKey(
             key_id=key_id, tenant=tenant_id, key_hmac=hash_key(key_secret, api_key),
-            created_at=self._clock(), name=name, prefix=api_key[:7], expires_at=expires_at,
-            aliases=tuple(sorted(set(aliases))), limits=limits, secret_id=secret_id,
+            created_at=self._clock(), expires_at=expires_at, aliases=tuple(sorted(set(aliases))),
+            limits=limits, secret_id=secret_id,
         )  # fmt: skip
         ks = self.keyspace
         spec = WriteSpec()
@@ -191,6 +192,7 @@ class RegistryStore(AccessOps):
         spec.require_absent(ks.keys, record.key_hmac, AlreadyExists("key collision; try again"))
         spec.put(ks.keys, record.key_hmac, encode(record))
         spec.put(ks.key_ids, tenant_field(tenant_id, key_id), record.key_hmac)
+        spec.put(ks.key_labels, record.key_hmac, encode(KeyLabel(name=name, prefix=api_key[:7])))
         async with self._guard():
             await self._write(
                 spec, actor=actor, action="issue_key", tenant=tenant_id, target=key_id,

@@ -36,8 +36,25 @@ def template(text: str, marker: int) -> str:
     return text.replace(str(marker), SEQ_BYTE)
 
 
+# Fields records gained after they were first written, left out of the stored JSON while empty:
+# records refuse unknown fields, so a gateway of the previous version (mid rolling upgrade) still
+# reads what this one writes unless the new feature is used (a suspension, a key's expiry...).
+LATER_FIELDS: dict[str, frozenset[str]] = {
+    "Tenant": frozenset({"suspended"}),
+    "ApiKey": frozenset({"expires_at", "aliases", "limits", "secret_id"}),
+}
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value is False or value == "" or value == []
+
+
 def encode(record: BaseModel) -> str:
-    return orjson.dumps(record.model_dump(mode="json")).decode()
+    data = record.model_dump(mode="json")
+    for name in LATER_FIELDS.get(type(record).__name__, ()):
+        if name in data and _empty(data[name]):
+            del data[name]
+    return orjson.dumps(data).decode()
 
 
 def encode_value(value: Any) -> str:

@@ -79,13 +79,13 @@ async def list_keys(tenant: str, state: StateDep, actor: ActorDep) -> list[KeyIn
     keys = await state.store.list_keys(_name(tenant, "tenant id"))
     if not keys:
         await state.store.get_tenant(tenant)  # an unknown tenant is a 404, not an empty list
-    seen = await state.store.key_last_seen([k.key_hmac for k in keys])
+    seen = await state.store.key_last_seen([k.key_hmac for k, _ in keys])
     return [
         KeyInfoPublic(
             key_id=k.key_id,
             tenant=k.tenant,
-            name=k.name,
-            prefix=k.prefix,
+            name=label.name,
+            prefix=label.prefix,
             created_at=k.created_at,
             expires_at=k.expires_at,
             last_used_at=seen[k.key_hmac] * 60.0 if k.key_hmac in seen else None,
@@ -94,7 +94,7 @@ async def list_keys(tenant: str, state: StateDep, actor: ActorDep) -> list[KeyIn
             revoked=k.revoked,
             secret_id=k.secret_id,
         )
-        for k in keys
+        for k, label in keys
     ]
 
 

@@ -144,7 +144,7 @@ async def issue_key(
         aliases=tuple(body.aliases), limits=body.limits, secret=(secret_id, secret),
     )  # fmt: skip
     return KeyPublic(
-        key_id=record.key_id, api_key=api_key, tenant=record.tenant, name=record.name,
+        key_id=record.key_id, api_key=api_key, tenant=record.tenant, name=body.name,
         expires_at=record.expires_at, aliases=record.aliases,
     )  # fmt: skip
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.admin.roles import ROUTE_ROLES, Caller, allowed, best_role
@@ -11,6 +12,7 @@ from gateway.settings import Settings
 from registry.auditchain import entry_hash, verify
 from registry.keyrules import alias_allowed, key_refusal
 from registry.models import ApiKey, Tenant
+from registry.writes import encode
 
 
 def test_roles_are_ordered_and_unknown_routes_are_closed() -> None:
@@ -87,3 +89,20 @@ def test_hmac_secrets_current_first_retired_left_out() -> None:
     assert retired.key_secrets() == {"s2": b"new"}
     with pytest.raises(ValueError, match="not a live secret"):
         Settings(**base, key_hmac_secrets_retired=[""]).key_secrets()
+
+
+def test_records_without_the_new_features_keep_their_old_shape() -> None:
+    """Mid rolling upgrade a gateway of the previous version (records refuse unknown fields)
+    still reads tenants and keys this one writes, unless the new features are used."""
+    key = ApiKey(key_id="k", tenant="t1", key_hmac="h", created_at=1.0)
+    assert set(orjson.loads(encode(key))) == {
+        "key_id",
+        "tenant",
+        "key_hmac",
+        "created_at",
+        "revoked",
+    }
+    assert "suspended" not in orjson.loads(encode(Tenant(id="t1")))
+    assert orjson.loads(encode(Tenant(id="t1", suspended=True)))["suspended"] is True
+    limited = key.model_copy(update={"expires_at": 5.0, "aliases": ("chat",)})
+    assert ApiKey.model_validate(orjson.loads(encode(limited))) == limited
