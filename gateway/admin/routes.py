@@ -1,8 +1,10 @@
 """Admin API (`/admin/v1`): tenants, keys, adapter and prompt versions, releases, aliases,
 flags, audit.
 
-Only the admin token opens it (never a tenant key). Request models reject unknown fields. Every
-alias mutation is a compare-and-set on `expected_revision`; a rejected request writes nothing.
+Admin identities open it (never a tenant key): the bootstrap token, named principals, OIDC
+tokens, each with a role and maybe a tenant scope (gateway/admin/auth.py, roles.py); the audit
+records the caller's name. Request models reject unknown fields. Every alias mutation is a
+compare-and-set on `expected_revision`; a rejected request writes nothing.
 """
 
 from __future__ import annotations
