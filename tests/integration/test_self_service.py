@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from openai import OpenAI, PermissionDeniedError
@@ -51,7 +52,7 @@ def test_scoped_operator_runs_its_release_cycle_with_the_cli(
     tmp_path: Path,
 ) -> None:
     engine = fake_engine()
-    gw_a, gw_b = shared(gateway_factory, engine.url, 2)
+    gw_a, gw_b, gw_c = shared(gateway_factory, engine.url, 3)
     boot = ["--url", gw_a.url, "--token", gw_a.admin_token]
     for tenant in ("acme", "other"):
         assert run(capsys, "admin", "tenants-create", tenant, *boot)[0] == 0
@@ -141,9 +142,34 @@ def test_scoped_operator_runs_its_release_cycle_with_the_cli(
     assert [line["id"] for line in lines] == [ids[-2], forged]
     # revocation holds on every gateway at once
     assert run(capsys, "admin", "principals-revoke", "acme-ops", *boot)[0] == 0
-    code, _, err = run(capsys, "admin", "whoami", *ops)
-    assert code == 2
-    assert "401 invalid_admin_token" in err
+    for gw in (gw_a, gw_b, gw_c):
+        code, _, err = run(capsys, "admin", "whoami", *ops, "--url", gw.url)
+        assert code == 2
+        assert "401 invalid_admin_token" in err
+    # a suspension written through one gateway reaches the others (registry invalidation)
+    key = gw_a.api.send(api.issue_key("acme")).api_key
+    assert run(capsys, "admin", "tenants-suspend", "acme", *boot)[0] == 0
+    assert chat_status(gw_c, key, until=403) == 403
+    assert run(capsys, "admin", "tenants-resume", "acme", *boot)[0] == 0
+    assert chat_status(gw_c, key, until=200) == 200
+
+
+def chat_status(gw: GatewayProcess, key: str, *, until: int, within_s: float = 20.0) -> int:
+    """The status of a chat request on `gw`, asked again (bounded) until it is `until`: the
+    other gateways learn of a registry write through its invalidation message."""
+    deadline = time.monotonic() + within_s
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        while True:
+            r = client.post(
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            if r.status_code == until or time.monotonic() > deadline:
+                if until == 403:
+                    assert r.json()["error"]["code"] == "tenant_suspended", r.text
+                return r.status_code
+            time.sleep(0.05)
 
 
 def test_cli_bad_input_is_one_line_never_a_traceback(
