@@ -32,7 +32,8 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.engine_client import engine_headers
 from adapters.errors import AdapterError
-from gateway.admin import adapter_push
+from gateway.admin import access_routes as access_api
+from gateway.admin import adapter_push, keyuse
 from gateway.admin import routes as admin_api
 from gateway.engines.pool import EnginePool, PoolConfig
 from gateway.engines.upstream import Upstream
@@ -209,6 +210,7 @@ def create_app(
                 if settings.otlp_endpoint else None
             ),
             engine_time=EngineTime(settings.engine_time_period_s),
+            key_secrets=settings.key_secrets(),
         )  # fmt: skip
         app.state.lg = state
         # Metric label bounds follow the registry synchronously (no request is metered under a
@@ -243,6 +245,7 @@ def create_app(
             ).run(),
             name="engine-time",
         )  # fmt: skip
+        key_use = asyncio.create_task(keyuse.flush_loop(state), name="loragate-key-use")
         # Everything built so far lives as long as the process: out of the collector's sight, a
         # full collection no longer walks it (measured: P95 at 4k req/s 54 ms -> 5 ms).
         gc.collect()
@@ -263,6 +266,10 @@ def create_app(
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
+            key_use.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await key_use
+            await keyuse.flush(state)
             await state.limiter.stop()
             await pool.stop()
             await watcher.stop()
@@ -285,6 +292,7 @@ def create_app(
     app.include_router(tenant_api.router)
     app.include_router(admin_api.router)
     app.include_router(adapter_push.router)
+    app.include_router(access_api.router)
     _install_error_handlers(app)
     install_openapi(app)  # the chat route, bearer schemes and error envelopes documented
 

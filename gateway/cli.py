@@ -80,10 +80,18 @@ def _serve_workers(args: argparse.Namespace, host: str, port: int, workers: int)
             timeout_graceful_shutdown=10,
         )
     return 0
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loragate")
+    except PackageNotFoundError:  # pragma: no cover - running from a tree that is not installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loragate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"loragate {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway (configured by LORAGATE_* env vars)")

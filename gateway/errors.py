@@ -27,6 +27,9 @@ from registry.errors import (
 CODES: dict[str, tuple[int, str]] = {
     "invalid_api_key": (401, "authentication_error"),
     "invalid_admin_token": (401, "authentication_error"),
+    "forbidden": (403, "permission_error"),
+    "tenant_suspended": (403, "permission_error"),
+    "model_not_allowed": (403, "permission_error"),
     "model_not_found": (404, "invalid_request_error"),
     "not_found": (404, "invalid_request_error"),
     "invalid_request": (400, "invalid_request_error"),

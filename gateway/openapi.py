@@ -44,7 +44,11 @@ SECURITY_SCHEMES: dict[str, Any] = {
     ADMIN_SCHEME: {
         "type": "http",
         "scheme": "bearer",
-        "description": "The admin token (`LORAGATE_ADMIN_TOKEN`); a tenant key never opens it.",
+        "description": (
+            "An admin identity: the bootstrap token (`LORAGATE_ADMIN_TOKEN`), a named principal's "
+            "token (`lga-...`) or an OIDC JWT; its role and tenants decide what it may do "
+            "(403 `forbidden`; a tenant outside its scope is 404). A tenant key never opens it."
+        ),
     },
 }
 
@@ -510,6 +514,7 @@ CHAT_EXAMPLES: dict[str, Any] = {
 STATUS_TEXT = {
     400: "Invalid request: not JSON, or a field is wrong (`param` names it)",
     401: "Missing or invalid credentials",
+    403: "The caller's role may not do this, or the tenant is suspended",
     404: "Not found",
     409: "Conflict (stale `expected_revision`, or the record exists)",
     413: "Request body too large",
@@ -520,10 +525,10 @@ STATUS_TEXT = {
 }
 
 # Statuses each operation can answer besides its success, beyond FastAPI's own 422.
-CHAT_ERRORS = (400, 401, 404, 413, 429, 502, 503)
-MODELS_ERRORS = (401, 503)
-MODEL_ERRORS = (401, 404, 503)
-ADMIN_ERRORS = (401, 503)  # every admin operation: the token, the registry
+CHAT_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503)
+MODELS_ERRORS = (401, 403, 503)
+MODEL_ERRORS = (401, 403, 404, 503)
+ADMIN_ERRORS = (401, 403, 503)  # every admin operation: the token, its role, the registry
 ADMIN_EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/admin/v1/tenants"): (409, 422),
     ("get", "/admin/v1/tenants"): (422,),  # limit and cursor out of range
@@ -542,11 +547,16 @@ ADMIN_EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/admin/v1/tenants/{tenant}/models/{alias}/eval"): (400, 404, 422, 502),
     ("post", "/admin/v1/tenants/{tenant}/models/{alias}/rollback"): (404, 409, 422),
     ("put", "/admin/v1/tenants/{tenant}/models/{alias}/flags"): (404, 409, 422),
-    ("get", "/admin/v1/audit"): (422,),
+    ("get", "/admin/v1/audit"): (400, 404, 422),
     ("post", "/admin/v1/tenants/{tenant}/adapters/{adapter}/uploads"): (404, 413, 422),
     ("get", "/admin/v1/tenants/{tenant}/adapters"): (404, 422),
     ("get", "/admin/v1/tenants/{tenant}/prompts"): (404, 422),
     ("get", "/admin/v1/tenants/{tenant}/releases"): (404, 422),
+    ("get", "/admin/v1/audit/export"): (400, 404, 422),
+    ("post", "/admin/v1/principals"): (404, 409, 422),
+    ("delete", "/admin/v1/principals/{name}"): (404, 422),
+    ("post", "/admin/v1/tenants/{tenant}/suspend"): (404, 409, 422),
+    ("post", "/admin/v1/tenants/{tenant}/resume"): (404, 409, 422),
 }
 
 DOCUMENTED_SCHEMAS = (
@@ -707,6 +717,8 @@ def _document_models(operation: dict[str, Any]) -> None:
 def _document_admin(method: str, path: str, operation: dict[str, Any]) -> None:
     operation["security"] = [{ADMIN_SCHEME: []}]
     extra = ADMIN_EXTRA.get((method, path), (422,))
+    if "{tenant}" in path:
+        extra = (*extra, 404)  # a tenant outside the caller's scope answers as an unknown one
     if "requestBody" in operation:
         extra = (*extra, 400)  # a body that is not JSON at all
     responses = operation.setdefault("responses", {})

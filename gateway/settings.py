@@ -95,6 +95,24 @@ class Settings(BaseSettings):
     startup_grace_s: float = Field(default=60.0, gt=0)
     admin_token: SecretStr = SecretStr("")
     key_hmac_secret: SecretStr = SecretStr("")
+    # HMAC secret rotation: more secrets by id. New keys are hashed under `key_hmac_secret_current`
+    # (an id here; "" is `key_hmac_secret`); keys under any listed secret verify until it is
+    # removed (retired), which revokes exactly the keys made under it.
+    key_hmac_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    key_hmac_secret_current: str = ""
+    key_hmac_secrets_retired: list[str] = Field(default_factory=list)
+    # OIDC bearer tokens for the admin API, as an alternative to named admin tokens: JWTs signed
+    # by a key of this JWKS (a file path or an https URL), with `oidc_role_claim` mapped to a role
+    # (`oidc_role_map`: claim value -> viewer|operator|admin; role names map to themselves) and
+    # `oidc_tenants_claim` (a list of tenant ids) scoping it. Empty `oidc_jwks`: off.
+    key_use_flush_s: float = Field(default=60.0, gt=0)  # keys' last use reaches Redis this often
+    oidc_jwks: str = ""
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_role_claim: str = "loragate_role"
+    oidc_tenants_claim: str = "loragate_tenants"
+    oidc_name_claim: str = "sub"
+    oidc_role_map: dict[str, str] = Field(default_factory=dict)
 
     # Retention (registry/retention.py): revoked keys, releases no alias used and versions no
     # release names are deleted once older than this; one gateway of the fleet sweeps per
@@ -198,6 +216,17 @@ class Settings(BaseSettings):
     def wait_replicas_s(self) -> float:
         """What WAIT may add to a registry write's time budget."""
         return self.redis_wait_timeout_ms / 1000 if self.wait_replicas else 0.0
+
+    def key_secrets(self) -> dict[str, bytes]:
+        """The HMAC secrets keys verify under, by id, the current one (new keys) first; retired
+        ones left out. "" is `key_hmac_secret`."""
+        every = {"": self.key_hmac_secret.get_secret_value().encode()}
+        every |= {i: v.get_secret_value().encode() for i, v in self.key_hmac_secrets.items()}
+        current = self.key_hmac_secret_current
+        if current not in every or current in self.key_hmac_secrets_retired:
+            raise ValueError(f"key_hmac_secret_current {current!r} is not a live secret id")
+        live = {i: v for i, v in every.items() if i not in self.key_hmac_secrets_retired and v}
+        return {current: live[current]} | live
 
     def price_for(self, plan: str) -> Price:
         return self.prices.get(plan) or self.prices.get("default") or Price()

@@ -39,3 +39,8 @@ class AppState:
     engine_time: EngineTime = field(default_factory=EngineTime)
     # OpenTelemetry (settings.otlp_endpoint); None: requests carry no trace at all
     tracing: Tracing | None = None
+    # HMAC secrets keys verify under, by id, the one new keys are made under first (rotation:
+    # settings.key_hmac_secrets); empty: `hmac_secret` alone, id "".
+    key_secrets: dict[str, bytes] = field(default_factory=dict)
+    # key HMAC -> unix minute of its last use on this gateway, flushed to Redis once a minute
+    key_use: dict[str, int] = field(default_factory=dict)

@@ -52,6 +52,13 @@ class TenantRec(msgspec.Struct, frozen=True, gc=False):
     limits: LimitsRec = NO_LIMITS
     weight: float | None = None  # fair-queue share; None: the plan's
     priority: PriorityClass | None = None
+    suspended: bool = False
+
+
+class KeyLimitsRec(msgspec.Struct, frozen=True, gc=False):
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    budget: BudgetRec | None = None
 
 
 class KeyRec(msgspec.Struct, frozen=True, gc=False):
@@ -59,6 +66,10 @@ class KeyRec(msgspec.Struct, frozen=True, gc=False):
     tenant: str
     key_hmac: str = ""
     revoked: bool = False
+    expires_at: float | None = None
+    aliases: tuple[str, ...] = ()  # empty: every alias of the tenant
+    limits: KeyLimitsRec | None = None
+    secret_id: str = ""
 
 
 class AdapterRec(msgspec.Struct, frozen=True, gc=False):

@@ -12,6 +12,11 @@ Layout (a full load reads the six record hashes in one MULTI; a write publishes 
     <p>prompts      hash  <tenant>:<name>:<version>     -> PromptVersion JSON
     <p>releases     hash  <tenant>:<release_id>         -> Release JSON
     <p>aliases      hash  <tenant>:<alias>              -> Alias JSON
+    <p>principals   hash  <name>                        -> Principal JSON (token only as HMAC)
+    <p>principal_tokens hash <token hmac>               -> principal name
+    <p>key_labels   hash  <key hmac>                    -> KeyLabel JSON (name, prefix; listings)
+    <p>key_seen     hash  <key hmac>                    -> last use, unix minute (throttled)
+    <p>audit_head   string  hash of the newest audit entry (the chain, see write.lua)
     <p>seq          hash  adapter|prompt|release:...    -> last allocated version number
                         last_release:<tenant>          -> the tenant's newest release field
     <p>epoch        int   incremented by every write
@@ -19,7 +24,8 @@ Layout (a full load reads the six record hashes in one MULTI; a write publishes 
     <p>retention_lease  string, PX: the gateway that sweeps this period (one of the fleet)
     <p>invalidate   pub/sub channel: each write's new epoch and changed records (write.lua)
 
-Limits (`registry/limits.py`), per scope, a tenant id; `{...}` is a Redis Cluster hash tag keeping
+Limits (`registry/limits.py`), per scope, a tenant id or `key:<tenant>:<key id>` (a key's own
+limits, `key_scope`); `{...}` is a Redis Cluster hash tag keeping
 a tenant's keys in one slot, so each Lua script touches one slot:
 
     <p>lim:{<scope>}:slots       zset   request id -> lease expiry (ms)
@@ -79,6 +85,26 @@ class Keyspace:
         return f"{self.prefix}aliases"
 
     @property
+    def principals(self) -> str:
+        return f"{self.prefix}principals"
+
+    @property
+    def principal_tokens(self) -> str:
+        return f"{self.prefix}principal_tokens"
+
+    @property
+    def key_labels(self) -> str:
+        return f"{self.prefix}key_labels"
+
+    @property
+    def key_seen(self) -> str:
+        return f"{self.prefix}key_seen"
+
+    @property
+    def audit_head(self) -> str:
+        return f"{self.prefix}audit_head"
+
+    @property
     def seq(self) -> str:
         return f"{self.prefix}seq"
 
@@ -125,6 +151,11 @@ class Keyspace:
     def pattern(self) -> str:
         """SCAN pattern matching every key of this keyspace (tests dump it)."""
         return f"{self.prefix}*"
+
+
+def key_scope(tenant: str, key_id: str) -> str:
+    """The limits scope of one key's own limits (names have no `:`, so it never is a tenant's)."""
+    return f"key:{tenant}:{key_id}"
 
 
 def tenant_field(tenant: str, rest: str) -> str:

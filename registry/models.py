@@ -74,10 +74,21 @@ class Tenant(Record):
     weight: float | None = Field(default=None, ge=0.1, le=100.0)
     priority: PriorityClass | None = None
     created_at: float = 0.0
+    # Every key of a suspended tenant answers 403 `tenant_suspended`; nothing else changes.
+    suspended: bool = False
+
+
+class KeyLimits(Record):
+    """Per-key limits, checked in addition to the tenant's; None means only the tenant's."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    budget: Budget | None = None
 
 
 class ApiKey(Record):
-    """A tenant key as stored: only its HMAC, never the key itself."""
+    """A tenant key as stored: only its HMAC, never the key itself. The fields after `revoked`
+    came with key lifecycle; their defaults keep older records readable."""
 
     key_id: str
     tenant: Name
@@ -85,6 +96,35 @@ class ApiKey(Record):
     created_at: float = 0.0
     revoked: bool = False
     revoked_at: float | None = None  # retention counts from here (None: records before it)
+    expires_at: float | None = None
+    aliases: tuple[Name, ...] = ()  # empty: every alias of the tenant
+    limits: KeyLimits | None = None
+    secret_id: str = ""  # which HMAC secret the key is hashed under ("": the configured one)
+
+
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")  # each may do what the ones before may
+
+
+class KeyLabel(Record):
+    """What a key listing shows besides the record: kept apart (`key_labels`), since the hot
+    path never needs it."""
+
+    name: str = ""
+    prefix: str = ""  # the first characters of the key, to recognise it in a listing
+
+
+class Principal(Record):
+    """A named admin identity as stored: its token only as an HMAC. `tenants` empty: all."""
+
+    name: Name
+    role: Role
+    tenants: tuple[Name, ...] = ()
+    token_hmac: str
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked: bool = False
+    created_by: str = "admin"
 
 
 class AdapterVersion(Record):

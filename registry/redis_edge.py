@@ -136,7 +136,10 @@ class RedisEdge:
             "actor", actor, "action", action, "tenant", tenant or "", "target", target,
             "before", before, "after", after, "reason", reason, "time", repr(self._clock()),
         ]  # fmt: skip
-        keys = [ks.epoch, ks.audit, ks.audit_of(tenant) if tenant else ks.audit, *spec.hashes]
+        keys = [
+            ks.epoch, ks.audit, ks.audit_of(tenant) if tenant else ks.audit, ks.audit_head,
+            *spec.hashes,
+        ]  # fmt: skip
         args: list[bytes | str | int] = [
             spec.to_json(audit), ks.channel, self._audit_maxlen, "1" if tenant else "0",
         ]  # fmt: skip

@@ -22,6 +22,18 @@ def hash_key(secret: bytes, api_key: str) -> str:
     return hmac.digest(secret, b"api-key:" + api_key.encode(), "sha256").hex()  # one-shot C path
 
 
+ADMIN_TOKEN_PREFIX = "lga-"  # noqa: S105 - a prefix, not a secret
+
+
+def hash_admin_token(secret: bytes, token: str) -> str:
+    """HMAC-SHA256 hex of a named admin token (domain-separated from tenant keys)."""
+    return hmac.digest(secret, b"admin-token:" + token.encode(), "sha256").hex()
+
+
+def new_admin_token() -> str:
+    return ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 def new_api_key() -> tuple[str, str]:
     """A fresh (key_id, api_key): key_id is public (NAME_RE); api_key is `lg-` + 43 chars."""
     key_id = secrets.token_hex(8)

@@ -18,6 +18,7 @@ import orjson
 from pydantic import BaseModel
 
 from registry import rollout
+from registry.access import AccessOps
 from registry.errors import (
     AlreadyExists,
     InvalidRollout,
@@ -29,6 +30,8 @@ from registry.models import (
     AdapterVersion,
     Alias,
     ApiKey,
+    KeyLabel,
+    KeyLimits,
     Limits,
     PriorityClass,
     PromptVersion,
@@ -68,9 +71,10 @@ def _alias_summary(alias: Alias | None) -> str:
     )
 
 
-class RegistryStore(RetentionSweeps):
+class RegistryStore(RetentionSweeps, AccessOps):
     """The registry's operations; reads of the whole state and the audit are RedisEdge's, the
-    retention sweep RetentionSweeps'."""
+    retention sweep RetentionSweeps' (registry/retention_store.py), principals, key listings and
+    suspension AccessOps's (registry/access.py)."""
 
     # -- tenants --------------------------------------------------------------------------------
 
@@ -161,13 +165,28 @@ class RegistryStore(RetentionSweeps):
 
     # -- keys -----------------------------------------------------------------------------------
 
-    async def issue_key(self, tenant_id: str, *, actor: str) -> tuple[ApiKey, str]:
-        """Returns the record and the plaintext key; the plaintext is never stored or logged."""
+    async def issue_key(
+        self,
+        tenant_id: str,
+        *,
+        actor: str,
+        name: str = "",
+        expires_at: float | None = None,
+        aliases: tuple[str, ...] = (),
+        limits: KeyLimits | None = None,
+        secret: tuple[str, bytes] | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Returns the record and the plaintext key; the plaintext is never stored or logged.
+        `secret`: (id, bytes) of the HMAC secret to hash under (default: the store's)."""
         check_name(tenant_id, "tenant id")
+        for alias in aliases:
+            check_name(alias, "alias")
         key_id, api_key = new_api_key()
+        secret_id, key_secret = secret if secret is not None else ("", self._secret)
         record = ApiKey(
-            key_id=key_id, tenant=tenant_id, key_hmac=hash_key(self._secret, api_key),
-            created_at=self._clock(),
+            key_id=key_id, tenant=tenant_id, key_hmac=hash_key(key_secret, api_key),
+            created_at=self._clock(), expires_at=expires_at, aliases=tuple(sorted(set(aliases))),
+            limits=limits, secret_id=secret_id,
         )  # fmt: skip
         ks = self.keyspace
         spec = WriteSpec()
@@ -175,10 +194,14 @@ class RegistryStore(RetentionSweeps):
         spec.require_absent(ks.keys, record.key_hmac, AlreadyExists("key collision; try again"))
         spec.put(ks.keys, record.key_hmac, encode(record))
         spec.put(ks.key_ids, tenant_field(tenant_id, key_id), record.key_hmac)
+        spec.put(ks.key_labels, record.key_hmac, encode(KeyLabel(name=name, prefix=api_key[:7])))
         async with self._guard():
             await self._write(
                 spec, actor=actor, action="issue_key", tenant=tenant_id, target=key_id,
-                after=encode_value({"key_id": key_id, "revoked": False}),
+                after=encode_value(
+                    {"key_id": key_id, "revoked": False, "name": name, "expires_at": expires_at,
+                     "aliases": list(record.aliases), "secret_id": secret_id}
+                ),
             )  # fmt: skip
         return record, api_key
 

@@ -2,7 +2,13 @@
 -- Atomic because Redis runs a script to completion; a failed check returns before any write.
 --
 -- KEYS[1] epoch counter   KEYS[2] audit stream   KEYS[3] per-tenant audit stream (if ARGV[4] == '1')
--- KEYS[4..] the hashes the spec refers to by index
+-- KEYS[4] audit chain head (the hash of the newest entry)
+-- KEYS[5..] the hashes the spec refers to by index
+--
+-- The audit chain: every entry carries `prev` (the previous entry's hash, '' for the first) and
+-- `hash` = SHA-1 over the entry's fields in order, each name and value as <length>:<bytes>
+-- (registry/auditchain.py recomputes it). SHA-1 because it is what Redis Lua offers; the chain
+-- detects edits, deletions and gaps, not a writer who rewrites every later entry too.
 -- ARGV[1] spec (JSON):
 --   checks  [{kind = absent|present|equals|revision, key, field, value?, revision?}]
 --   seq     {key, field}  optional: HINCRBY it and substitute the number for every \1 byte in
@@ -72,6 +78,16 @@ for i, v in ipairs(spec.audit) do
 end
 table.insert(entry, 'epoch')
 table.insert(entry, tostring(epoch))
+table.insert(entry, 'prev')
+table.insert(entry, redis.call('GET', KEYS[4]) or '')
+local parts = {}
+for _, v in ipairs(entry) do
+  parts[#parts + 1] = #v .. ':' .. v
+end
+local digest = redis.sha1hex(table.concat(parts))
+table.insert(entry, 'hash')
+table.insert(entry, digest)
+redis.call('SET', KEYS[4], digest)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(entry))
 if ARGV[4] == '1' then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(entry))

@@ -22,7 +22,9 @@ from pydantic import BaseModel
 from registry.errors import RegistryError
 
 SEQ_BYTE = "\x01"
-FIRST_HASH_KEY = 4  # KEYS[1..3] are the epoch, the audit stream and the tenant audit stream
+FIRST_HASH_KEY = (
+    5  # KEYS[1..4]: the epoch, the audit stream, the tenant audit stream, the chain head
+)
 
 
 def new_marker() -> int:
@@ -34,8 +36,25 @@ def template(text: str, marker: int) -> str:
     return text.replace(str(marker), SEQ_BYTE)
 
 
+# Fields records gained after they were first written, left out of the stored JSON while empty:
+# records refuse unknown fields, so a gateway of the previous version (mid rolling upgrade) still
+# reads what this one writes unless the new feature is used (a suspension, a key's expiry...).
+LATER_FIELDS: dict[str, frozenset[str]] = {
+    "Tenant": frozenset({"suspended"}),
+    "ApiKey": frozenset({"expires_at", "aliases", "limits", "secret_id"}),
+}
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value is False or value == "" or value == []
+
+
 def encode(record: BaseModel) -> str:
-    return orjson.dumps(record.model_dump(mode="json")).decode()
+    data = record.model_dump(mode="json")
+    for name in LATER_FIELDS.get(type(record).__name__, ()):
+        if name in data and _empty(data[name]):
+            del data[name]
+    return orjson.dumps(data).decode()
 
 
 def encode_value(value: Any) -> str:

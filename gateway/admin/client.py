@@ -19,6 +19,7 @@ the whole body); a gateway that cannot be reached raises `AdminUnreachable`. Eve
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -33,12 +34,17 @@ from gateway.admin.schemas import (
     AdapterVersionPublic,
     AliasPublic,
     AuditEntryPublic,
+    CallerPublic,
     EvalReportPublic,
+    KeyInfoPublic,
     KeyPublic,
     PromptVersionListedPublic,
+    PrincipalCreatedPublic,
+    PrincipalPublic,
     PromptVersionPublic,
     ReleaseListedPublic,
     ReleasePublic,
+    SecretPublic,
     TenantDetailPublic,
     TenantPublic,
 )
@@ -83,6 +89,7 @@ class AdminCall(Generic[T]):
     # A raw body instead of JSON (an adapter upload streams a tar), with its own headers.
     content: Iterable[bytes] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    ndjson: bool = False  # the answer is one JSON value per line (read as a list)
 
 
 def _model(model: type[M]) -> Callable[[Any], M]:
@@ -144,8 +151,55 @@ def update_tenant(
     return AdminCall("PATCH", f"/tenants/{tenant}", _model(TenantPublic), body)
 
 
-def issue_key(tenant: str) -> AdminCall[KeyPublic]:
-    return AdminCall("POST", f"/tenants/{tenant}/keys", _model(KeyPublic))
+def issue_key(
+    tenant: str,
+    *,
+    name: str | None = None,
+    expires_in_s: int | None = None,
+    aliases: list[str] | None = None,
+    limits: Mapping[str, Any] | None = None,
+) -> AdminCall[KeyPublic]:
+    body = _given(name=name, expires_in_s=expires_in_s, aliases=aliases, limits=limits)
+    return AdminCall("POST", f"/tenants/{tenant}/keys", _model(KeyPublic), body or None)
+
+
+def list_keys(tenant: str) -> AdminCall[list[KeyInfoPublic]]:
+    return AdminCall("GET", f"/tenants/{tenant}/keys", _models(KeyInfoPublic))
+
+
+def suspend_tenant(tenant: str) -> AdminCall[TenantPublic]:
+    return AdminCall("POST", f"/tenants/{tenant}/suspend", _model(TenantPublic))
+
+
+def resume_tenant(tenant: str) -> AdminCall[TenantPublic]:
+    return AdminCall("POST", f"/tenants/{tenant}/resume", _model(TenantPublic))
+
+
+def whoami() -> AdminCall[CallerPublic]:
+    return AdminCall("GET", "/whoami", _model(CallerPublic))
+
+
+def create_principal(
+    name: str,
+    role: str,
+    *,
+    tenants: list[str] | None = None,
+    expires_in_s: int | None = None,
+) -> AdminCall[PrincipalCreatedPublic]:
+    body = {"name": name, "role": role} | _given(tenants=tenants, expires_in_s=expires_in_s)
+    return AdminCall("POST", "/principals", _model(PrincipalCreatedPublic), body)
+
+
+def list_principals() -> AdminCall[list[PrincipalPublic]]:
+    return AdminCall("GET", "/principals", _models(PrincipalPublic))
+
+
+def revoke_principal(name: str) -> AdminCall[PrincipalPublic]:
+    return AdminCall("DELETE", f"/principals/{name}", _model(PrincipalPublic))
+
+
+def list_secrets() -> AdminCall[list[SecretPublic]]:
+    return AdminCall("GET", "/secrets", _models(SecretPublic))
 
 
 def revoke_key(tenant: str, key_id: str) -> AdminCall[None]:
@@ -275,6 +329,18 @@ def audit(tenant: str | None = None, count: int | None = None) -> AdminCall[list
     return AdminCall("GET", "/audit", _models(AuditEntryPublic), params=params)
 
 
+def _ndjson(data: Any) -> list[dict[str, Any]]:
+    return data if isinstance(data, list) else []
+
+
+def audit_export(
+    after: str | None = None, count: int | None = None, tenant: str | None = None
+) -> AdminCall[list[dict[str, Any]]]:
+    """Audit entries after a stream id, oldest first: [{"id", "fields": [[name, value], ...]}]."""
+    params = _given(after=after, count=count, tenant=tenant)
+    return AdminCall("GET", "/audit/export", _ndjson, params=params, ndjson=True)
+
+
 def upload_adapter(
     tenant: str, name: str, tar: Iterable[bytes], *, size: int, digest: str
 ) -> AdminCall[Any]:
@@ -318,11 +384,28 @@ def error_of(response: httpx.Response) -> AdminError:
     return AdminError(response.status_code, code, message, body)
 
 
-def answer(response: httpx.Response) -> Any:
-    """The JSON of a 2xx answer (None for an empty one); AdminError otherwise."""
+def answer(response: httpx.Response, *, ndjson: bool = False) -> Any:
+    """The JSON of a 2xx answer (None for an empty one; a list for NDJSON); AdminError otherwise,
+    also for a 2xx whose body is not JSON (a proxy's HTML page, say)."""
     if response.status_code >= 400:
         raise error_of(response)
-    return response.json() if response.content else None
+    try:
+        if ndjson:
+            return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+        return response.json() if response.content else None
+    except ValueError:
+        kind = response.headers.get("content-type", "unknown content type")
+        raise AdminError(
+            response.status_code, "invalid_response", f"the answer is not JSON ({kind})", None
+        ) from None
+
+
+def _read(call: AdminCall[T], data: Any) -> T:
+    """The answer as the route's model; an answer of another shape is an AdminError."""
+    try:
+        return call.read(data)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise AdminError(200, "invalid_response", f"unexpected answer: {exc}", data) from None
 
 
 @contextlib.contextmanager
@@ -360,13 +443,16 @@ class AdminClient(_Connection[httpx.Client]):
     _open = httpx.Client
 
     def send(self, call: AdminCall[T]) -> T:
-        if call.content is None:
-            return call.read(self.request(call.method, call.path, call.body, **call.params))
         with _reaching(self.url):
-            response = self.http.request(
-                call.method, call.path, content=call.content, headers=call.headers
-            )
-        return call.read(answer(response))
+            if call.content is None:
+                response = self.http.request(
+                    call.method, call.path, json=call.body, params=call.params
+                )
+            else:
+                response = self.http.request(
+                    call.method, call.path, content=call.content, headers=call.headers
+                )
+        return _read(call, answer(response, ndjson=call.ndjson))
 
     def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         """Any admin route by path (JSON in, JSON out); AdminError on 4xx/5xx."""
@@ -391,7 +477,11 @@ class AsyncAdminClient(_Connection[httpx.AsyncClient]):
     _open = httpx.AsyncClient
 
     async def send(self, call: AdminCall[T]) -> T:
-        return call.read(await self.request(call.method, call.path, call.body, **call.params))
+        with _reaching(self.url):
+            response = await self.http.request(
+                call.method, call.path, json=call.body, params=call.params
+            )
+        return _read(call, answer(response, ndjson=call.ndjson))
 
     async def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         with _reaching(self.url):

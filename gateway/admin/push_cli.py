@@ -25,12 +25,12 @@ CHUNK = 1 << 20
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("adapters-push", "upload an adapter directory as a new version", "tenant", "name")
     p.add_argument("directory", type=Path)
-    p.set_defaults(func=run)
+    p.set_defaults(admin_func=run)
     for name, what in (("adapters", "adapter"), ("prompts", "prompt")):
         p = add(f"{name}-list", f"a tenant's {what} versions and what uses them", "tenant")
-        p.set_defaults(func=run)
+        p.set_defaults(admin_func=run)
     p = add("releases-list", "a tenant's releases and the aliases using them", "tenant")
-    p.set_defaults(func=run)
+    p.set_defaults(admin_func=run)
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

@@ -1,19 +1,22 @@
 """Admin API (`/admin/v1`): tenants, keys, adapter and prompt versions, releases, aliases,
 flags, audit.
 
-Only the admin token opens it (never a tenant key). Request models reject unknown fields. Every
-alias mutation is a compare-and-set on `expected_revision`; a rejected request writes nothing.
+Admin identities open it (never a tenant key): the bootstrap token, named principals, OIDC
+tokens, each with a role and maybe a tenant scope (gateway/admin/auth.py, roles.py); the audit
+records the caller's name. Request models reject unknown fields. Every alias mutation is a
+compare-and-set on `expected_revision`; a rejected request writes nothing.
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from adapters.errors import EngineError
+from gateway.admin.auth import authorize, unknown_tenant
+from gateway.admin.roles import Caller
 from gateway.admin.schemas import (
     AdapterVersionCreate,
     AdapterVersionPublic,
@@ -23,6 +26,7 @@ from gateway.admin.schemas import (
     EvalBody,
     EvalReportPublic,
     FlagsBody,
+    KeyCreate,
     KeyPublic,
     PromoteBody,
     PromptVersionCreate,
@@ -50,22 +54,24 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-def require_admin(request: Request) -> str:
-    """The admin identity for the audit log; constant-time comparison of the token."""
-    state = app_state(request)
-    header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.startswith("Bearer ") else ""
-    if (
-        not token
-        or not state.admin_token
-        or not hmac.compare_digest(token.encode(), state.admin_token.encode())
-    ):
-        raise ApiError("invalid_admin_token", "Missing or invalid admin token.")
-    return "admin"
+async def require_admin(request: Request) -> str:
+    """The caller's name for the audit log, once its role and tenant scope allow the route
+    (gateway/admin/auth.py, gateway/admin/roles.py)."""
+    caller = await authorize(request, app_state(request))
+    return caller.name
 
 
 StateDep = Annotated[AppState, Depends(app_state)]
 ActorDep = Annotated[str, Depends(require_admin)]
+
+
+def current_caller(request: Request, actor: ActorDep) -> Caller:
+    """The caller `require_admin` authorized (for routes that filter by tenant scope)."""
+    caller: Caller = request.state.lg_caller
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
 def _name(value: str, what: str) -> str:
@@ -93,6 +99,7 @@ async def create_tenant(body: TenantCreate, state: StateDep, actor: ActorDep) ->
 
 
 @router.get("/tenants")
+<<<<<<< HEAD
 async def list_tenants(
     state: StateDep,
     actor: ActorDep,
@@ -104,6 +111,12 @@ async def list_tenants(
     page, nxt = await state.store.page_tenants(cursor, limit)
     response.headers["x-next-cursor"] = str(nxt)
     return [TenantPublic.model_validate(t.model_dump()) for t in page]
+=======
+async def list_tenants(state: StateDep, caller: CallerDep) -> list[TenantPublic]:
+    """Every tenant the caller may see."""
+    tenants = await state.store.list_tenants()
+    return [TenantPublic.model_validate(t.model_dump()) for t in tenants if caller.sees(t.id)]
+>>>>>>> issue-20
 
 
 @router.get("/tenants/{tenant}")
@@ -133,9 +146,24 @@ async def patch_tenant(
 
 
 @router.post("/tenants/{tenant}/keys", status_code=201)
-async def issue_key(tenant: str, state: StateDep, actor: ActorDep) -> KeyPublic:
-    record, api_key = await state.store.issue_key(_name(tenant, "tenant id"), actor=actor)
-    return KeyPublic(key_id=record.key_id, api_key=api_key, tenant=record.tenant)
+async def issue_key(
+    tenant: str, state: StateDep, actor: ActorDep, body: KeyCreate | None = None
+) -> KeyPublic:
+    """A new key under the current HMAC secret; optionally named, expiring, limited to some
+    aliases, with its own limits on top of the tenant's."""
+    body = body or KeyCreate()
+    for alias in body.aliases:
+        _name(alias, "alias")
+    secret_id, secret = next(iter(state.key_secrets.items()), ("", state.hmac_secret))
+    expires = None if body.expires_in_s is None else time.time() + body.expires_in_s
+    record, api_key = await state.store.issue_key(
+        _name(tenant, "tenant id"), actor=actor, name=body.name, expires_at=expires,
+        aliases=tuple(body.aliases), limits=body.limits, secret=(secret_id, secret),
+    )  # fmt: skip
+    return KeyPublic(
+        key_id=record.key_id, api_key=api_key, tenant=record.tenant, name=body.name,
+        expires_at=record.expires_at, aliases=record.aliases,
+    )  # fmt: skip
 
 
 @router.delete("/tenants/{tenant}/keys/{key_id}", status_code=204)
@@ -376,13 +404,28 @@ async def put_flags(
     )
 
 
+def audit_scope(caller: Caller, tenant: str | None) -> str | None:
+    """The audit stream a caller reads: a scoped caller names one of its tenants (or has one);
+    any other tenant answers as an unknown one."""
+    if tenant is not None:
+        _name(tenant, "tenant id")
+        if not caller.sees(tenant):
+            raise unknown_tenant(tenant)
+        return tenant
+    if caller.tenants is None:
+        return None
+    if len(caller.tenants) == 1:
+        return next(iter(caller.tenants))
+    raise ApiError("invalid_request", "Name the tenant whose audit to read.", "tenant")
+
+
 @router.get("/audit")
 async def audit(
     state: StateDep,
-    actor: ActorDep,
+    caller: CallerDep,
     tenant: Annotated[str | None, Query()] = None,
     count: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[AuditEntryPublic]:
-    if tenant is not None:
-        _name(tenant, "tenant id")
-    return [AuditEntryPublic.model_validate(e) for e in await state.store.audit(tenant, count)]
+    """Newest first; the whole gateway's, or one tenant's (`tenant`)."""
+    stream = audit_scope(caller, tenant)
+    return [AuditEntryPublic.model_validate(e) for e in await state.store.audit(stream, count)]

@@ -28,10 +28,12 @@ from registry.models import (
     Arm,
     Flags,
     HistoryEntry,
+    KeyLimits,
     Limits,
     PriorityClass,
     PromptVersion,
     Release,
+    Role,
     Tenant,
     Thresholds,
 )
@@ -165,6 +167,22 @@ class FlagsBody(Body):
     reason: str = ""
 
 
+class KeyCreate(Body):
+    """A new key's name, lifetime, aliases and limits (all optional)."""
+
+    name: str = Field(default="", max_length=64)
+    expires_in_s: int | None = Field(default=None, ge=60, le=10 * 366 * 86_400)
+    aliases: list[str] = Field(default_factory=list, max_length=100)  # empty: every alias
+    limits: KeyLimits | None = None
+
+
+class PrincipalCreate(Body):
+    name: str = _documented_name()
+    role: Role
+    tenants: list[str] = Field(default_factory=list, max_length=100)  # empty: every tenant
+    expires_in_s: int | None = Field(default=None, ge=60, le=10 * 366 * 86_400)
+
+
 class EvalBody(Body):
     release: str | None = None  # default: the canary, else the stable release
 
@@ -226,6 +244,57 @@ class KeyPublic(Public):
     key_id: str
     api_key: str
     tenant: str
+    name: str = ""
+    expires_at: float | None = None
+    aliases: tuple[str, ...] = ()
+
+
+class KeyInfoPublic(Public):
+    """A key as listed: never the key or its HMAC. `last_used_at`: the start of the minute of
+    its last use (written once a minute by each gateway), None if never used."""
+
+    key_id: str
+    tenant: str
+    name: str
+    prefix: str
+    created_at: float
+    expires_at: float | None
+    last_used_at: float | None
+    aliases: tuple[str, ...]
+    limits: KeyLimits | None
+    revoked: bool
+    secret_id: str
+
+
+class PrincipalPublic(Public):
+    name: str
+    role: Role
+    tenants: tuple[str, ...]  # empty: every tenant
+    created_at: float
+    expires_at: float | None
+    revoked: bool
+    created_by: str
+
+
+class PrincipalCreatedPublic(PrincipalPublic):
+    token: str  # shown once; the registry keeps its HMAC
+
+
+class CallerPublic(Public):
+    """Who the token in use is: the audit name, role and tenants (None: every tenant)."""
+
+    name: str
+    role: Role
+    tenants: tuple[str, ...] | None
+
+
+class SecretPublic(Public):
+    """An HMAC secret keys are verified under (never its value): id, whether new keys are made
+    under it, and how many keys are."""
+
+    id: str
+    current: bool
+    keys: int
 
 
 REF = "name@version, what a release names"

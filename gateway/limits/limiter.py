@@ -41,11 +41,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
+import msgspec
+from pydantic import BaseModel
+
 from gateway.errors import ApiError
 from gateway.limits.quota import LocalCounts, local_admission, period_seconds, ratelimit_headers
 from gateway.observability.metrics import GatewayMetrics, InFlight
 from gateway.settings import Price
-from registry.compact import AnyTenant
+from registry.compact import AnyKey, AnyTenant
+from registry.keyspace import key_scope
 from registry.limits import (
     LimitExceeded,
     LimitStore,
@@ -55,6 +59,7 @@ from registry.limits import (
     Remaining,
     period_window,
 )
+from registry.models import ApiKey, Limits, Tenant
 
 log = logging.getLogger("loragate.limits")
 
@@ -173,19 +178,58 @@ class Limiter:
             return Reservation(
                 tenant.id, request_id, quota, "none", gauge=self._metrics.in_flight(tenant.id)
             )
+        handle = await self._admit_scope(
+            tenant, tenant.id, quota, request_id, prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+        )  # fmt: skip
+        handle.gauge = self._metrics.in_flight(tenant.id)
+        return handle
+
+    async def admit_key(
+        self,
+        tenant: AnyTenant,
+        key: AnyKey,
+        request_id: str,
+        *,
+        prompt_tokens: int,
+        max_tokens: int | None,
+    ) -> Reservation | None:
+        """The key's own limits, on top of the tenant's (None when the key has none): the same
+        scripts under the key's scope, refused with the same 429s; no metrics series of its own
+        (a label per key would grow with the keys), rejections are counted under the tenant."""
+        if key.limits is None:
+            return None
+        quota = Quota.from_limits(Limits.model_validate(_plain(key.limits)))
+        if quota.unlimited:
+            return None
+        return await self._admit_scope(
+            tenant, key_scope(key.tenant, key.key_id), quota, f"{request_id}:key",
+            prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+        )  # fmt: skip
+
+    async def _admit_scope(
+        self,
+        tenant: Tenant,
+        scope: str,
+        quota: Quota,
+        request_id: str,
+        *,
+        prompt_tokens: int,
+        max_tokens: int | None,
+    ) -> Reservation:
         completion = max_tokens if max_tokens is not None else self._default_max_tokens
         price = self._price_for(tenant.plan)
         cost = price.cost(prompt_tokens, completion)
         handle = Reservation(
-            tenant.id, request_id, quota, "remote", tokens=prompt_tokens + completion, cost=cost
+            scope, request_id, quota, "remote", tokens=prompt_tokens + completion, cost=cost
         )
-        local = self._locals.setdefault(tenant.id, LocalCounts())
+        local = self._locals.setdefault(scope, LocalCounts())
         remaining: Remaining | None = None
         if time.monotonic() >= self._down_until:
             self._held[request_id] = handle  # its lease is renewed from here on
             try:
                 remaining = await self._store.admit(
-                    tenant.id,
+                    scope,
                     quota,
                     request_id,
                     tokens=handle.tokens,
@@ -199,16 +243,16 @@ class Limiter:
                 self._held.pop(request_id, None)
                 self._mark_down(exc)
                 # A timeout may hide an admission Redis did record: give that slot back.
-                self._schedule(_Pending(tenant.id, quota.period, request_id, 0, 0.0, 0.0))
+                self._schedule(_Pending(scope, quota.period, request_id, 0, 0.0, 0.0))
             except BaseException:
                 # Cancelled mid-call: Redis may hold the slot; free it (or let its lease lapse).
                 self._held.pop(request_id, None)
                 handle.done = True
-                self._schedule(_Pending(tenant.id, quota.period, request_id, 0, 0.0, 0.0))
+                self._schedule(_Pending(scope, quota.period, request_id, 0, 0.0, 0.0))
                 raise
             else:
                 self._mark_up()
-                if quota.budget is not None:
+                if quota.budget is not None and scope == tenant.id:
                     local.budget_left = quota.budget - remaining.spent - remaining.reserved
                     self._metrics.set_tenant_budget(
                         tenant.id, quota.budget, period_seconds(quota.period, self._clock())
@@ -225,7 +269,6 @@ class Limiter:
         local.tokens.add(now_s, handle.tokens)
         self._held[request_id] = handle
         handle.headers = ratelimit_headers(quota, remaining)
-        handle.gauge = self._metrics.in_flight(tenant.id)
         return handle
 
     def settle(
@@ -396,3 +439,8 @@ class Limiter:
         out["degraded"] = self.degraded
         out["pending_reconciliation"] = len(self._pending)
         return out
+
+
+def _plain(limits: Any) -> Any:
+    """A key's limits as plain data, from the snapshot's compact record or a full one."""
+    return limits.model_dump() if isinstance(limits, BaseModel) else msgspec.to_builtins(limits)

@@ -43,6 +43,7 @@ class Call:
     completion_tokens: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     reservation: Reservation | None = None  # tenant limits; settled once in finish()
+    key_reservation: Reservation | None = None  # the key's own limits, when it has any
     verdict: Verdict = field(default_factory=Verdict)  # output checks, for the canary windows
     responded: bool = False  # the response has started: errors can only be stream events now
     stream: bool = False
@@ -104,8 +105,9 @@ def finish(state: AppState, call: Call, code: str) -> None:
     if call.tenant is not None:
         price = state.settings.price_for(call.tenant.plan)
         cost = price.cost(call.prompt_tokens, call.completion_tokens)
-    if call.reservation is not None:
-        state.limiter.settle(call.reservation, call.prompt_tokens, call.completion_tokens, cost)
+    for held in (call.reservation, call.key_reservation):
+        if held is not None:
+            state.limiter.settle(held, call.prompt_tokens, call.completion_tokens, cost)
     state.metrics.observe_request(
         tenant=call.tenant_id,
         model=call.alias,

@@ -43,6 +43,7 @@ from gateway.state import AppState
 from registry.canary import select_arm
 from registry.compact import AnyAdapter, AnyKey, AnyPrompt, AnyRelease, AnyTenant
 from registry.errors import RegistryUnavailable
+from registry.keyrules import alias_allowed, key_refusal
 from registry.models import (
     PRIORITY_CLASSES,
     Arm,
@@ -74,8 +75,13 @@ async def authenticate(state: AppState, authorization: str | None) -> tuple[AnyT
     if not token or len(token) > 256:
         raise ApiError("invalid_api_key", "Invalid API key.")
     snapshot = state.watcher.state
-    key_hmac = hash_key(state.hmac_secret, token)
+    secrets = tuple(state.key_secrets.values()) or (state.hmac_secret,)
+    key_hmac = hash_key(secrets[0], token)  # the current secret: new keys are made under it
     record: AnyKey | None = snapshot.tenant_for_key(key_hmac)
+    for older in secrets[1:]:  # rotation: one more HMAC (~1 us) per older secret still verified
+        if record is not None:
+            break
+        record = snapshot.tenant_for_key(hash_key(older, token))
     if record is None:
         try:
             record = await state.store.find_key(key_hmac)
@@ -88,7 +94,20 @@ async def authenticate(state: AppState, authorization: str | None) -> tuple[AnyT
     tenant = snapshot.tenants.get(record.tenant)
     if tenant is None:
         raise ApiError("invalid_api_key", "Invalid API key.")
+    check_key(state, tenant, record)
     return tenant, record
+
+
+def check_key(state: AppState, tenant: AnyTenant, key: AnyKey) -> None:
+    """Suspension and expiry from the snapshot's records; notes the key's use for its listing
+    (written to Redis once a minute by gateway/admin/keyuse.py, never here)."""
+    now = time.time()
+    refusal = key_refusal(tenant, key, now)
+    if refusal == "tenant_suspended":
+        raise ApiError("tenant_suspended", "This tenant is suspended.")
+    if refusal is not None:
+        raise ApiError("invalid_api_key", "The API key has expired.")
+    state.key_use[key.key_hmac] = int(now // 60)
 
 
 def flow_of(state: AppState, tenant: AnyTenant, priority: PriorityClass | None = None) -> Flow:
@@ -104,6 +123,8 @@ def resolve(state: AppState, snapshot: RegistryState, call: Call, chat: ChatRequ
     """Alias -> arm -> release -> what the engine request is made of (pure over the snapshot)."""
     assert call.tenant is not None
     assert call.key is not None
+    if not alias_allowed(call.key, chat.alias):
+        raise ApiError("model_not_allowed", "This API key may not use this model.")
     alias = snapshot.alias(call.tenant.id, chat.alias)
     if alias is None or alias.stable is None:
         raise model_not_found(chat.alias)
@@ -203,6 +224,14 @@ async def admit(
         max_tokens=max_tokens,
     )
     call.headers.update(call.reservation.headers)
+    assert call.key is not None
+    call.key_reservation = await state.limiter.admit_key(
+        call.tenant,
+        call.key,
+        call.request_id,
+        prompt_tokens=estimate_prompt_tokens(messages),
+        max_tokens=max_tokens,
+    )
     if call.trace is not None:
         call.trace.mark("limits")
 
@@ -310,5 +339,6 @@ async def serve(state: AppState, scope: Scope, receive: Receive, send: Send, rou
         if call.keepalive is not None:
             call.keepalive.cancel()
         # Cancellation from outside skips finish(): free the slot anyway (no-op once settled).
-        if call.reservation is not None:
-            state.limiter.release(call.reservation)
+        for held in (call.reservation, call.key_reservation):
+            if held is not None:
+                state.limiter.release(held)

@@ -18,6 +18,7 @@ from gateway.serving.asgi import error_response
 from gateway.serving.chat import authenticate, handle_chat, new_request_id
 from gateway.serving.completions import handle_completions
 from gateway.state import AppState
+from registry.keyrules import alias_allowed
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -54,14 +55,14 @@ async def list_models(request: Request) -> Response:
     state: AppState = request.app.state.lg
     headers = {"x-request-id": new_request_id()}
     try:
-        tenant, _ = await authenticate(state, request.headers.get("authorization"))
+        tenant, key = await authenticate(state, request.headers.get("authorization"))
     except ApiError as exc:
         return error_response(exc, headers)
     snapshot = state.watcher.state
     data = [
         {"id": a.alias, "object": "model", "created": 0, "owned_by": tenant.id}
         for a in sorted(snapshot.aliases_of(tenant.id), key=lambda a: a.alias)
-        if a.stable is not None
+        if a.stable is not None and alias_allowed(key, a.alias)
     ]
     return Response(
         orjson.dumps({"object": "list", "data": data}),

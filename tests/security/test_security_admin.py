@@ -1,4 +1,4 @@
-"""S3 admin authorization on every route, S4 hostile adapter names and paths via the admin API.
+"""S3 admin authentication on every route (roles: test_security_roles.py), S4 hostile adapter names and paths via the admin API.
 
 Routes are enumerated from the app itself, so a new admin route is covered the day it is added.
 """
@@ -11,37 +11,16 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from fastapi.routing import APIRoute
+from fastapi import FastAPI
 
-from gateway.admin import routes as admin_api
+from tests.fixtures.admin_routes import BODIES, admin_routes, fill
 from tests.fixtures.inprocess import InProcessFactory
 from tests.fixtures.models import TinyModels
 
-PARAMS = {"tenant": "t1", "alias": "chat", "adapter": "lora", "prompt": "main", "key_id": "k1"}
-# A valid body per admin route, so that one unknown field is the only thing wrong with it.
-BODIES: dict[str, dict[str, Any]] = {
-    "create_tenant": {"id": "t9"},
-    "patch_tenant": {"display_name": "x"},
-    "register_adapter": {"path": "tiny/tiny-lora-1"},
-    "register_prompt": {"system_prompt": "x"},
-    "create_release": {"adapter": None, "prompt": None},
-    "canary": {"release": "r1", "weight": 0.1, "expected_revision": 1},
-    "promote": {"expected_revision": 1},
-    "run_eval": {},
-    "rollback": {"reason": "x"},
-    "put_flags": {"kill_switch": False},
-}
 
-
-def _admin_routes() -> list[tuple[str, str, str]]:
-    out: list[tuple[str, str, str]] = []
-    for route in admin_api.router.routes:
-        if isinstance(route, APIRoute) and route.path.startswith("/admin/"):
-            path = route.path
-            for name, value in PARAMS.items():
-                path = path.replace("{" + name + "}", value)
-            out.extend((method, path, route.name) for method in sorted(route.methods or ()))
-    return out
+def _admin_routes(app: FastAPI) -> list[tuple[str, str, str]]:
+    """Every admin route the app serves, with its path parameters filled in."""
+    return [(method, fill(path), name) for method, path, name in admin_routes(app)]
 
 
 async def test_s3_only_the_admin_token_opens_admin_routes(
@@ -49,8 +28,8 @@ async def test_s3_only_the_admin_token_opens_admin_routes(
 ) -> None:
     gw = await inprocess_gateway()
     tenant = await gw.seed_tenant("t1", adapter=None)
-    routes = _admin_routes()
-    assert len(routes) >= 15
+    routes = _admin_routes(gw.app)
+    assert len(routes) >= 30
     for method, path, name in routes:
         body = BODIES.get(name)
         for auth in (None, "Bearer", "Bearer wrong", f"Bearer {tenant.api_key}",

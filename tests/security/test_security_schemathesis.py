@@ -14,7 +14,9 @@ Every response must pass `not_a_server_error`, `status_code_conformance`,
 be 401/403). A negative control proves `ignored_auth` is live with this auth setup. Mutating admin
 routes write into the test gateway's own throwaway Redis database.
 
-    FIGURE S2: 21 operations, N cases (examples+coverage+fuzzing) + M stateful steps, 0 failures
+    FIGURE S2: 35 operations, N cases (examples+coverage+fuzzing) + M stateful steps, admin cases
+    under every role (bootstrap, named admin/operator/viewer, a scoped operator, OIDC per role,
+    one identity per case in turn), 0 failures
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import itertools
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,12 +37,14 @@ import schemathesis
 from schemathesis.core.failures import FailureGroup
 
 from adapters.tinymodel import TINY_SERVED_NAME
+from gateway.admin import client as api
 from gateway.admin.schemas import PromptVersionCreate, ReleaseCreate, TenantCreate, unstorable
 from gateway.errors import ApiError
 from gateway.serving.render import Limits, parse_chat_request
 from registry.models import Budget, Thresholds
 from tests.fixtures.fake_engine import FakeEngine
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess, SeededTenant
+from tests.fixtures.oidc import oidc_setup, oidc_token
 
 # Per operation and phase; small enough for `make test` (well under 2 minutes on a shared 2-core
 # box). The slow variant raises both.
@@ -58,7 +64,12 @@ CHECKS = (
     "unsupported_method",
     "allow_header_conformance",
 )
-OPERATIONS = 26  # 4 tenant + 22 admin
+OPERATIONS = 35  # 4 tenant + 31 admin
+# Admin cases take their bearer in turn from these identities (one per case, the same number of
+# cases as with one token): every role, a scoped operator and OIDC tokens each see every admin
+# operation, and their 403s and scoped 404s must be documented like everything else.
+ROLES = ("bootstrap", "admin2", "operator", "viewer", "operator-acme", "oidc-admin",
+         "oidc-operator", "oidc-viewer")  # fmt: skip
 
 
 class Tally:
@@ -97,10 +108,53 @@ def s2_engine() -> Iterator[FakeEngine]:
 
 
 @pytest.fixture(scope="module")
-def s2_gateway(module_gateway_factory: GatewayFactory, s2_engine: FakeEngine) -> GatewayProcess:
-    gw = module_gateway_factory(engines=[s2_engine.url])
+def s2_oidc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any]]:
+    key, _, settings = oidc_setup(tmp_path_factory.mktemp("s2-oidc"))
+    return key, settings
+
+
+@pytest.fixture(scope="module")
+def s2_gateway(
+    module_gateway_factory: GatewayFactory, s2_engine: FakeEngine, s2_oidc: tuple[Any, Any]
+) -> GatewayProcess:
+    gw = module_gateway_factory(engines=[s2_engine.url], **s2_oidc[1])
     gw.wait_ready()
     return gw
+
+
+@pytest.fixture(scope="module")
+def s2_identities(
+    s2_gateway: GatewayProcess, s2_tenant: SeededTenant, s2_oidc: tuple[Any, Any]
+) -> dict[str, str]:
+    """A bearer token per entry of ROLES."""
+    tokens = {"bootstrap": s2_gateway.admin_token}
+    for name, role, tenants in (("admin2", "admin", None), ("operator", "operator", None),
+                                ("viewer", "viewer", None),
+                                ("operator-acme", "operator", [s2_tenant.id])):  # fmt: skip
+        tokens[name] = s2_gateway.api.send(api.create_principal(name, role, tenants=tenants)).token
+    for role in ("admin", "operator", "viewer"):
+        tokens[f"oidc-{role}"] = oidc_token(s2_oidc[0], f"s2-{role}", role, exp=time.time() + 3600)
+    assert set(tokens) == set(ROLES)
+    return tokens
+
+
+def _rotate_admin_bearers(schema: Any, tokens: dict[str, str], tenant_key: str) -> None:
+    """Admin operations' cases take their bearer from each identity in turn; tenant operations
+    keep the tenant key (a registered provider replaces the configured auth for every case)."""
+    turn = itertools.count()
+    lock = threading.Lock()
+
+    class Rotating:
+        def get(self, case: Any, ctx: Any) -> str:
+            if not case.operation.path.startswith("/admin/"):
+                return tenant_key
+            with lock:
+                return tokens[ROLES[next(turn) % len(ROLES)]]
+
+        def set(self, case: Any, data: str, ctx: Any) -> None:
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+    schema.auth(refresh_interval=None)(Rotating)
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +201,12 @@ def tally() -> Tally:
 
 
 @pytest.fixture
-def api_schema(s2_gateway: GatewayProcess, s2_tenant: SeededTenant) -> Any:
-    return _load(s2_gateway, s2_tenant, MAX_EXAMPLES)
+def api_schema(
+    s2_gateway: GatewayProcess, s2_tenant: SeededTenant, s2_identities: dict[str, str]
+) -> Any:
+    loaded = _load(s2_gateway, s2_tenant, MAX_EXAMPLES)
+    _rotate_admin_bearers(loaded, s2_identities, s2_tenant.api_key)
+    return loaded
 
 
 @pytest.fixture
@@ -253,12 +311,16 @@ def test_schemathesis_figure(tally: Tally) -> None:
                  "GET /v1/models/{model}", "POST /admin/v1/tenants"):  # fmt: skip
         assert must in ok, f"{must} never answered 2xx: {sorted(ok)}"
     assert tally.streams > 0, "no streamed chat completion was validated"
+    # the identities rotate: some were refused by role (403), and that was documented
+    forbidden = sum(n for (op, status), n in tally.statuses.items() if status == 403)
+    assert forbidden > 0, "no admin case was refused by role: the identities did not rotate"
     steps = sum(n for (op, _), n in tally.statuses.items() if op.startswith("stateful "))
     print(
         f"FIGURE S2: {len(stateless)} operations, {tally.total - steps} cases "
         f"(examples+coverage+fuzzing; {len(ok)} operations answered 2xx, {tally.streams} SSE "
         f"streams) + {steps} stateful steps in {tally.scenarios} scenarios over "
-        f"{len(stateful)} operations; 0 server errors, 0 schema violations, "
+        f"{len(stateful)} operations, admin cases under {len(ROLES)} identities in turn "
+        f"({forbidden} refused by role); 0 server errors, 0 schema violations, "
         f"0 ignored-auth findings (seed {SEED})"
     )
 
