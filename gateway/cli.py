@@ -80,6 +80,8 @@ def _serve_workers(args: argparse.Namespace, host: str, port: int, workers: int)
             timeout_graceful_shutdown=10,
         )
     return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -99,24 +99,18 @@ async def create_tenant(body: TenantCreate, state: StateDep, actor: ActorDep) ->
 
 
 @router.get("/tenants")
-<<<<<<< HEAD
 async def list_tenants(
     state: StateDep,
-    actor: ActorDep,
+    caller: CallerDep,
     response: Response,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> list[TenantPublic]:
-    """One page (about `limit` tenants); `x-next-cursor` is the next page's `cursor` (0: done)."""
+    """One page (about `limit` tenants) of those the caller may see; `x-next-cursor` is the next
+    page's `cursor` (0: done). A scoped caller's page may hold fewer than `limit`."""
     page, nxt = await state.store.page_tenants(cursor, limit)
     response.headers["x-next-cursor"] = str(nxt)
-    return [TenantPublic.model_validate(t.model_dump()) for t in page]
-=======
-async def list_tenants(state: StateDep, caller: CallerDep) -> list[TenantPublic]:
-    """Every tenant the caller may see."""
-    tenants = await state.store.list_tenants()
-    return [TenantPublic.model_validate(t.model_dump()) for t in tenants if caller.sees(t.id)]
->>>>>>> issue-20
+    return [TenantPublic.model_validate(t.model_dump()) for t in page if caller.sees(t.id)]
 
 
 @router.get("/tenants/{tenant}")

@@ -59,7 +59,7 @@ from registry.limits import (
     Remaining,
     period_window,
 )
-from registry.models import ApiKey, Limits, Tenant
+from registry.models import Limits
 
 log = logging.getLogger("loragate.limits")
 
@@ -209,7 +209,7 @@ class Limiter:
 
     async def _admit_scope(
         self,
-        tenant: Tenant,
+        tenant: AnyTenant,
         scope: str,
         quota: Quota,
         request_id: str,
