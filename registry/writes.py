@@ -40,8 +40,8 @@ def template(text: str, marker: int) -> str:
 # records refuse unknown fields, so a gateway of the previous version (mid rolling upgrade) still
 # reads what this one writes unless the new feature is used (a suspension, a key's expiry...).
 LATER_FIELDS: dict[str, frozenset[str]] = {
-    "Tenant": frozenset({"suspended"}),
-    "ApiKey": frozenset({"expires_at", "aliases", "limits", "secret_id"}),
+    "Tenant": frozenset({"suspended", "weight", "priority"}),
+    "ApiKey": frozenset({"expires_at", "aliases", "limits", "secret_id", "revoked_at"}),
 }
 
 
