@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
+from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable, PoolOverloaded
 from registry.errors import (
     AlreadyExists,
     InvalidName,
@@ -151,6 +151,8 @@ def from_domain(exc: Exception) -> ApiError:
         return exc
     if isinstance(exc, ArtifactError):
         return ApiError(exc.code if exc.code in CODES else "artifact_invalid", exc.message)
+    if isinstance(exc, PoolOverloaded):
+        return ApiError("overloaded", "The gateway is at capacity; retry shortly.")
     if isinstance(exc, EngineUnavailable):
         return ApiError("engine_unavailable", "No engine replica is available; retry shortly.")
     if isinstance(exc, EngineLoadFailed):

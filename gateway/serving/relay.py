@@ -17,7 +17,12 @@ import aiohttp
 import orjson
 from starlette.types import Send
 
-from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
+from adapters.errors import (
+    ArtifactError,
+    EngineLoadFailed,
+    EngineUnavailable,
+    NoReplicaAvailable,
+)
 from gateway.engines.pool import Lease
 from gateway.engines.upstream import UpstreamError, UpstreamFailed, open_chat
 from gateway.errors import ApiError
@@ -42,6 +47,8 @@ async def open_engine(
     for attempt in range(MAX_ATTEMPTS):
         try:
             lease = await pool.acquire(call.adapter, exclude=exclude)
+        except NoReplicaAvailable:
+            raise  # nowhere left to retry
         except (EngineUnavailable, EngineLoadFailed):
             if attempt + 1 >= MAX_ATTEMPTS:
                 raise
