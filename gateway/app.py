@@ -27,7 +27,9 @@ from starlette.types import Receive, Scope, Send
 
 from adapters.errors import AdapterError
 from gateway.admin import routes as admin_api
+from gateway.engines.discovery import discovery_from
 from gateway.engines.pool import EnginePool, PoolConfig
+from gateway.engines.residency import referenced_engine_names
 from gateway.errors import ApiError, from_domain
 from gateway.limits.limiter import Limiter
 from gateway.observability.metrics import GatewayMetrics
@@ -106,14 +108,11 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         )
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
         session = aiohttp.ClientSession(connector=connector, json_serialize=_dumps)
-        metrics = GatewayMetrics(
-            registry,
-            currency=settings.currency,
-            engines=[f"engine-{i}" for i in range(len(settings.engines))],
-        )
+        metrics = GatewayMetrics(registry, currency=settings.currency)
         engine_root = settings.engine_adapter_root or settings.adapter_store
+        base_adapter = _base_adapter(settings)
         pool = EnginePool(
-            settings.engines,
+            discovery_from(settings.engines, nameservers=settings.engine_dns_nameservers),
             session,
             PoolConfig(
                 base_model=settings.base_model,
@@ -124,9 +123,12 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
                 max_concurrency=settings.engine_max_concurrency,
                 queue_size=settings.engine_queue_size,
                 health_interval_s=settings.health_interval_s,
+                discovery_interval_s=settings.engine_discovery_interval_s,
+                unload_grace_s=settings.adapter_unload_grace_s,
             ),
             on_route=metrics.count_adapter_request,
             on_load=metrics.count_adapter_load,
+            referenced=lambda: _referenced(watcher.state, base_adapter),
         )
         state = AppState(
             settings=settings,
@@ -145,7 +147,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
                 default_max_tokens=settings.default_max_tokens_cap,
             ),
             canary_windows=Windows(settings.canary),
-            base_adapter=_base_adapter(settings),
+            base_adapter=base_adapter,
         )
         app.state.lg = state
         # Metric label bounds follow the registry synchronously (no request is metered under a
@@ -153,6 +155,9 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
         watcher.on_change = lambda new: _label_universe(metrics, new)
         await watcher.start()
         await state.limiter.start()
+        # Each gateway takes its share of a replica's cap: the heartbeats count the live ones.
+        state.limiter.on_live_gateways = pool.set_live_gateways
+        pool.set_live_gateways(state.limiter.live_gateways)
         metrics.set_snapshot_age_source(lambda: watcher.age_s)
         await pool.start()
         guard = canary.start_guard(state)
@@ -237,6 +242,13 @@ def _base_adapter(settings: Settings) -> AdapterVersion | None:
     )  # fmt: skip
 
 
+def _referenced(state: Any, base_adapter: AdapterVersion | None) -> set[str]:
+    names = referenced_engine_names(state)
+    if base_adapter is not None:
+        names.add(base_adapter.engine_name)
+    return names
+
+
 def _label_universe(metrics: GatewayMetrics, state: Any) -> None:
     tenants = set(state.tenants)
     models = set(state.aliases)
@@ -255,6 +267,9 @@ def _label_universe(metrics: GatewayMetrics, state: Any) -> None:
 
 def _pool_gauges(metrics: GatewayMetrics, pool: EnginePool) -> None:
     now = time.monotonic()
+    names = frozenset(r.name for r in pool.replicas)
+    if names != metrics.engines:  # discovery changed the membership: labels follow it
+        metrics.set_engines(names)
     for replica in pool.replicas:
         metrics.set_engine_ejected(replica.name, now < replica.ejected_until)
         metrics.set_engine_in_flight(replica.name, replica.in_flight)
