@@ -125,6 +125,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
                 health_interval_s=settings.health_interval_s,
                 discovery_interval_s=settings.engine_discovery_interval_s,
                 unload_grace_s=settings.adapter_unload_grace_s,
+                sweep_interval_s=settings.adapter_sweep_interval_s,
             ),
             on_route=metrics.count_adapter_request,
             on_load=metrics.count_adapter_load,
@@ -218,6 +219,10 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             "redis_ok": state.watcher.redis_ok,
             "engine_available": engines,
             "snapshot_age_s": round(state.watcher.age_s, 3),
+            # Fleet view: gateways alive by the heartbeats, and this one's part of each replica's
+            # concurrency cap (engine_max_concurrency divided among them).
+            "live_gateways": state.pool.live_gateways,
+            "engine_cap_share": state.pool.share(),
         }
         status = 200 if fresh and engines else 503
         return Response(orjson.dumps(body), status_code=status, media_type="application/json")

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     engine_dns_nameservers: list[str] = Field(default_factory=list)  # "host:port"; empty: system
     # Adapters no release references any more are unloaded from every engine after this long.
     adapter_unload_grace_s: float = Field(default=900.0, ge=0)
+    adapter_sweep_interval_s: float = Field(default=30.0, gt=0)
     base_model: str = "smollm2-135m-instruct"
     max_lora_rank: int = 16
     max_loras: int = 2

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.prometheus",
     "tests.fixtures.faultproxy",
     "tests.fixtures.fake_engine",
+    "tests.fixtures.dnsserver",
     "tests.fixtures.gateway",  # last: it imports the fixtures above
     "tests.fixtures.inprocess",  # after gateway: it reuses SeededTenant
 ]

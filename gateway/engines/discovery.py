@@ -7,8 +7,8 @@
 
 A replica's identity (`Endpoint.name`) is stable, because routing hashes it and metric labels
 carry it: `engine-<i>` for the i-th static URL; for SRV, the target's first label (a StatefulSet
-pod's hostname, `vllm-0`); for A records, the address. A short name resolves through the host's
-search domains, so manifests need no namespace in their URLs.
+pod's hostname, `vllm-0`, reached at the target's address); for A records, the address. A short
+name resolves through the host's search domains, so manifests need no namespace in their URLs.
 """
 
 from __future__ import annotations
@@ -85,7 +85,14 @@ class DnsDiscovery:
         out = []
         for r in answer:
             target = r.target.to_text(omit_final_dot=True)
-            out.append(Endpoint(target.split(".", 1)[0], f"http://{target}:{r.port}"))
+            name = target.split(".", 1)[0]
+            # The address through the same resolver (the HTTP client would use the system's);
+            # the identity stays the pod name when the pod comes back with a new address.
+            try:
+                addresses = await self._resolver.resolve(r.target, "A", search=False)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue  # a target without an address is not reachable yet
+            out.append(Endpoint(name, f"http://{addresses[0].address}:{r.port}"))
         return out
 
 
