@@ -118,8 +118,6 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
                 base_model=settings.base_model,
                 adapter_store=settings.adapter_store.resolve(),
                 engine_adapter_root=engine_root.resolve(),
-                max_loras=settings.max_loras,
-                max_cpu_loras=settings.max_cpu_loras,
                 max_concurrency=settings.engine_max_concurrency,
                 queue_size=settings.engine_queue_size,
                 health_interval_s=settings.health_interval_s,

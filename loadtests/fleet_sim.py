@@ -136,7 +136,7 @@ async def _fleet(
     api = SimEngineApi(engines)
     config = PoolConfig(
         base_model="sim", adapter_store=Path("."), engine_adapter_root=Path("."),
-        max_cpu_loras=slots, max_concurrency=cap, queue_timeout_s=0.0, verify_artifacts=False,
+        max_concurrency=cap, queue_timeout_s=0.0, verify_artifacts=False,
     )  # fmt: skip
     pools = [EnginePool(urls, api, config) for _ in range(gateways)]
     for pool in pools:

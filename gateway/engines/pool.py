@@ -52,8 +52,6 @@ class PoolConfig:
     base_model: str
     adapter_store: Path  # where the gateway reads artifacts (digest checks)
     engine_adapter_root: Path  # where the engines read the same artifacts
-    max_loras: int = 2
-    max_cpu_loras: int = 8
     max_concurrency: int = 64  # per replica, all gateways together
     queue_size: int = 256  # requests waiting for a slot, pool-wide
     queue_timeout_s: float = 5.0
