@@ -9,6 +9,9 @@ import pytest
 
 from loadtests.fleet_sim import main, simulate
 
+# About 1.5 s per gateway count on an idle core; the bound is for a CI box shared with engines.
+pytestmark = pytest.mark.timeout(180)
+
 
 @pytest.fixture(scope="module")
 def one() -> float:
