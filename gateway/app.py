@@ -127,7 +127,7 @@ def create_app(settings: Settings, *, metrics_registry: CollectorRegistry | None
             ),
             on_route=metrics.count_adapter_request,
             on_load=metrics.count_adapter_load,
-            referenced=lambda: _referenced(watcher.state, base_adapter),
+            referenced=lambda: _referenced(watcher, base_adapter),
         )
         state = AppState(
             settings=settings,
@@ -245,8 +245,12 @@ def _base_adapter(settings: Settings) -> AdapterVersion | None:
     )  # fmt: skip
 
 
-def _referenced(state: Any, base_adapter: AdapterVersion | None) -> set[str]:
-    names = referenced_engine_names(state)
+def _referenced(watcher: SnapshotWatcher, base_adapter: AdapterVersion | None) -> set[str] | None:
+    """What releases reference, or None while the snapshot is missing or stale (an empty or old
+    registry must not make every adapter look unreferenced)."""
+    if watcher.state.epoch < 0 or watcher.stale:
+        return None
+    names = referenced_engine_names(watcher.state)
     if base_adapter is not None:
         names.add(base_adapter.engine_name)
     return names

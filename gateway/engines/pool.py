@@ -120,12 +120,13 @@ class EnginePool:
         on_change: Callable[[EnginePool], None] | None = None,
         on_route: Callable[[bool], None] | None = None,
         on_load: Callable[[str, str], None] | None = None,
-        referenced: Callable[[], Collection[str]] | None = None,
+        referenced: Callable[[], Collection[str] | None] | None = None,
     ) -> None:
         """`on_change` runs after every state change (gauges); `on_route(hit)` once per adapter
         request routed, so the adapter-miss rate is measured where the decision is made;
         `on_load(replica, "ok" | "error")` once per load call made to an engine; `referenced()`
-        names the engine adapters some release still references (None: never unload)."""
+        names the engine adapters some release still references (None from it: the registry is
+        not known well enough to say, sweep nothing; no callable: never unload)."""
         self.discovery = engines if not isinstance(engines, Sequence) else StaticDiscovery(engines)
         self.api: EngineApi = (
             api if not isinstance(api, aiohttp.ClientSession) else HttpEngineApi(api)
@@ -171,7 +172,9 @@ class EnginePool:
                 await self.probe_all()
                 if self._referenced is not None and now >= next_sweep:
                     next_sweep = now + self.config.sweep_interval_s
-                    await self.sweep(self._referenced())
+                    referenced = self._referenced()
+                    if referenced is not None:
+                        await self.sweep(referenced)
             except Exception:  # pragma: no cover - the loop must survive anything
                 log.exception("health probe failed")
 
