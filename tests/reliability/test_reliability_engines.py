@@ -286,7 +286,7 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
 
         assert await _gauge(client, "loragate_engine_in_flight", KILLED) == 0
         assert await _gauge(client, "loragate_engine_in_flight", SURVIVOR) == 0
-    reloaded = {n for n in await _adapters(own) if n.startswith("lg-r4gamma-")}
+    reloaded = {n for n in await _adapters(own) if n.startswith(f"lg-{gamma.id}-")}
 
     outcomes = run.outcomes
     failed = [o for o in outcomes if not o.ok]
