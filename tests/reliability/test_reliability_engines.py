@@ -203,10 +203,10 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
     own = engine_factory()
     gw = gateway_factory(engines=[own.url, engine.url])
     tenants = await asyncio.to_thread(_place_tenants, gw, tiny_models)
-    gamma, delta = tenants[2], tenants[3]
-    assert any(n.startswith("lg-r4alpha-") for n in await _adapters(own))
-    assert any(n.startswith("lg-r4gamma-") for n in await _adapters(own))
-    assert any(n.startswith("lg-r4beta-") for n in await _adapters(engine))
+    alpha, beta, gamma, delta = tenants
+    assert any(n.startswith(f"lg-{alpha.id}-") for n in await _adapters(own))
+    assert any(n.startswith(f"lg-{gamma.id}-") for n in await _adapters(own))
+    assert any(n.startswith(f"lg-{beta.id}-") for n in await _adapters(engine))
 
     run = Run(gw, tenants)
     limits = httpx.Limits(max_connections=WORKERS + 4)
