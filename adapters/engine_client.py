@@ -187,3 +187,21 @@ async def probe_health(
         return "down"
     except (aiohttp.ClientError, TimeoutError):
         return "slow"
+
+
+async def read_metrics(
+    session: aiohttp.ClientSession,
+    engine_url: str,
+    *,
+    timeout: float = 2.0,  # noqa: ASYNC109
+) -> str:
+    """The engine's Prometheus text (GET /metrics); EngineUnavailable on anything but a 200."""
+    url = engine_url.rstrip("/") + "/metrics"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            status, body = resp.status, await resp.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise EngineUnavailable(f"engine unreachable at {url}: {type(exc).__name__}") from exc
+    if status != 200:
+        raise EngineUnavailable(f"engine answered {status} to GET /metrics")
+    return body

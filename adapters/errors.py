@@ -6,7 +6,10 @@ AdapterError                     (code: str, the stable machine-readable reason)
 │            adapter_incompatible, digest_mismatch
 ├── EngineError                   an engine could not do what was asked
 │     ├── EngineUnavailable       connect refused / timeout / 5xx before any byte
-│     └── EngineLoadFailed        the engine refused to load an adapter
+│     │     └── NoReplicaAvailable   no replica of the pool is up (engine_unavailable)
+│     ├── EngineLoadFailed        the engine refused to load an adapter
+│     └── PoolOverloaded          every replica is at its cap and the wait queue is full or
+│                                 timed out (overloaded)
 └── DatasetError                  a training dataset is malformed (dataset_invalid)
 """
 
@@ -38,8 +41,24 @@ class EngineUnavailable(EngineError):
     code = "engine_unavailable"
 
 
+class NoReplicaAvailable(EngineUnavailable):
+    """No replica of the pool is healthy (or all are excluded): nothing to retry on."""
+
+
 class EngineLoadFailed(EngineError):
     code = "engine_load_failed"
+
+
+class PoolOverloaded(EngineError):
+    """Every available replica is at its concurrency cap and the request could not wait."""
+
+    code = "overloaded"
+
+
+class QueueLimited(EngineError):
+    """The tenant's own share of the wait queue is full (its excess, not another tenant's)."""
+
+    code = "queue_limited"
 
 
 class DatasetError(AdapterError):

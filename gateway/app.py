@@ -35,8 +35,10 @@ from adapters.errors import AdapterError
 from gateway.admin import access_routes as access_api
 from gateway.admin import adapter_push, keyuse
 from gateway.admin import routes as admin_api
+from gateway.engines.discovery import discovery_from
 from gateway.engines.pool import EnginePool, PoolConfig
 from gateway.engines.upstream import Upstream
+from gateway.engines.residency import referenced_engine_names
 from gateway.errors import ApiError, from_domain
 from gateway.limits.limiter import Limiter
 from gateway.observability import startup
@@ -147,30 +149,33 @@ def create_app(
             json_serialize=_dumps,
             headers=engine_headers(settings.engine_api_key.get_secret_value()),
         )
+        # Engine labels follow the pool's membership (static or discovered): `_pool_gauges`.
         metrics = GatewayMetrics(
             registry,
             currency=settings.currency,
-            engines=[f"engine-{i}" for i in range(len(settings.engines))],
             build={"version": VERSION, "revision": settings.build_revision},
         )
         engine_root = settings.engine_adapter_root or settings.adapter_store
+        base_adapter = _base_adapter(settings)
         pool = EnginePool(
-            settings.engines,
+            discovery_from(settings.engines, nameservers=settings.engine_dns_nameservers),
             session,
             PoolConfig(
                 base_model=settings.base_model,
                 adapter_store=settings.adapter_store.resolve(),
                 engine_adapter_root=engine_root.resolve(),
-                max_loras=settings.max_loras,
-                max_cpu_loras=settings.max_cpu_loras,
                 max_concurrency=settings.engine_max_concurrency,
                 queue_size=settings.engine_queue_size,
                 tenant_queue_size=settings.engine_tenant_queue_size,
                 health_interval_s=settings.health_interval_s,
+                discovery_interval_s=settings.engine_discovery_interval_s,
+                unload_grace_s=settings.adapter_unload_grace_s,
+                sweep_interval_s=settings.adapter_sweep_interval_s,
             ),
             on_route=metrics.count_adapter_request,
             on_load=metrics.count_adapter_load,
             on_wait=metrics.observe_queue_wait,
+            referenced=lambda: _referenced(watcher, base_adapter),
         )
         windows = Windows(settings.canary)
         limiter = Limiter(
@@ -203,7 +208,7 @@ def create_app(
                 lease_s=settings.canary.fleet_lease_s,
             ),
             canary_windows=windows,
-            base_adapter=_base_adapter(settings),
+            base_adapter=base_adapter,
             tracing=(
                 Tracing.otlp(settings.otlp_endpoint, settings.otel_service_name,
                              settings.otlp_headers, settings.otel_sample_ratio)
@@ -218,6 +223,9 @@ def create_app(
         watcher.on_change = lambda new, delta: _label_universe(metrics, new, delta)
         await watcher.start()
         await state.limiter.start()
+        # Each gateway takes its share of a replica's cap: the heartbeats count the live ones.
+        state.limiter.on_live_gateways = pool.set_live_gateways
+        pool.set_live_gateways(state.limiter.live_gateways)
         metrics.set_snapshot_age_source(lambda: watcher.age_s)
         await pool.start()
         guard = canary.start_guard(state)
@@ -319,6 +327,10 @@ def create_app(
             "redis_ok": state.watcher.redis_ok,
             "engine_available": engines,
             "snapshot_age_s": round(state.watcher.age_s, 3),
+            # Fleet view: gateways alive by the heartbeats, and this one's part of each replica's
+            # concurrency cap (engine_max_concurrency divided among them).
+            "live_gateways": state.pool.live_gateways,
+            "engine_cap_share": state.pool.share(),
         }
         status = 200 if fresh and engines else 503
         return Response(orjson.dumps(body), status_code=status, media_type="application/json")
@@ -376,6 +388,17 @@ async def _retention_loop(store: RegistryStore, settings: Settings) -> None:
                 log.info("retention sweep: %s", counts)
 
 
+def _referenced(watcher: SnapshotWatcher, base_adapter: AnyAdapter | None) -> set[str] | None:
+    """What releases reference, or None while the snapshot is missing or stale (an empty or old
+    registry must not make every adapter look unreferenced)."""
+    if watcher.state.epoch < 0 or watcher.stale:
+        return None
+    names = referenced_engine_names(watcher.state)
+    if base_adapter is not None:
+        names.add(base_adapter.engine_name)
+    return names
+
+
 def _label_universe(metrics: GatewayMetrics, state: RegistryState, delta: Delta) -> None:
     """Label bounds follow the snapshot: its own indexes are the universe (a dict lookup per
     label, nothing copied per write). Only releases an alias can still route to (or roll back
@@ -391,6 +414,9 @@ def _label_universe(metrics: GatewayMetrics, state: RegistryState, delta: Delta)
 
 def _pool_gauges(metrics: GatewayMetrics, pool: EnginePool) -> None:
     now = time.monotonic()
+    names = frozenset(r.name for r in pool.replicas)
+    if names != metrics.engines:  # discovery changed the membership: labels follow it
+        metrics.set_engines(names)
     for replica in pool.replicas:
         metrics.set_engine_ejected(replica.name, now < replica.ejected_until)
         metrics.set_engine_in_flight(replica.name, replica.in_flight)

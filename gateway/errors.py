@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
+from adapters.errors import (
+    ArtifactError,
+    EngineLoadFailed,
+    EngineUnavailable,
+    PoolOverloaded,
+    QueueLimited,
+)
 from registry.errors import (
     AlreadyExists,
     InvalidName,
@@ -158,6 +164,13 @@ def from_domain(exc: Exception) -> ApiError:
         return exc
     if isinstance(exc, ArtifactError):
         return ApiError(exc.code if exc.code in CODES else "artifact_invalid", exc.message)
+    if isinstance(exc, QueueLimited):
+        return ApiError(
+            "queue_limited",
+            "Too many of this tenant's requests are waiting for an engine; retry shortly.",
+        )
+    if isinstance(exc, PoolOverloaded):
+        return ApiError("overloaded", "The gateway is at capacity; retry shortly.")
     if isinstance(exc, EngineUnavailable):
         return ApiError("engine_unavailable", "No engine replica is available; retry shortly.")
     if isinstance(exc, EngineLoadFailed):

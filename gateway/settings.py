@@ -121,7 +121,14 @@ class Settings(BaseSettings):
     retention_sweep_interval_s: float = Field(default=3600.0, ge=0)
 
     # Engines: every replica serves one base model as `base_model` (vLLM --served-model-name).
+    # Either URLs, or DNS names re-resolved every `engine_discovery_interval_s`: `dns://vllm:8000`
+    # (A records, that port) or `dns://_http._tcp.vllm` (SRV records) of a headless Service.
     engines: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8001"])
+    engine_discovery_interval_s: float = Field(default=5.0, gt=0)
+    engine_dns_nameservers: list[str] = Field(default_factory=list)  # "host:port"; empty: system
+    # Adapters no release references any more are unloaded from every engine after this long.
+    adapter_unload_grace_s: float = Field(default=900.0, ge=0)
+    adapter_sweep_interval_s: float = Field(default=30.0, gt=0)
     base_model: str = "smollm2-135m-instruct"
     # Sent as `Authorization: Bearer` on every engine call (vLLM `--api-key` / VLLM_API_KEY): the
     # engines' port also serves the LoRA load/unload routes. Empty: engines without a key.

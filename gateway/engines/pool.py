@@ -1,6 +1,6 @@
-"""The pool of vLLM replicas: health, residency of adapters, affinity routing, per-replica caps.
+"""The pool of vLLM replicas: membership, health, residency, affinity routing, per-replica caps.
 
-    pool = EnginePool(settings.engines, session, config)
+    pool = EnginePool(discovery_from(settings.engines), session, config)
     await pool.start()
     lease = await pool.acquire(adapter_version)   # adapter resident on lease.replica
     try:
@@ -9,11 +9,18 @@
         pool.release(lease)                          # synchronous: safe under cancellation
     await pool.stop()
 
-Residency is what this process loaded, reconciled against each engine's `GET /v1/models` on every
-health probe: an engine that restarted lost its adapters and gets them back on the next request.
-Loads go through a per-(replica, adapter) lock and are idempotent; the artifact digest is re-checked
-before every load. Cold adapters are unloaded deliberately (least recently used, never while a
-request uses them) instead of leaving the engine's own LRU to thrash.
+One pool per gateway process; several gateways act as one pool because each learns from the
+engines, not from the others: membership from discovery (a static list or DNS, re-resolved),
+residency from each engine's `GET /v1/models` (what *any* gateway loaded), load from the engine's
+`/metrics` plus what this gateway sent since the last read, and placement by rendezvous hashing
+(gateway/engines/placement.py), which every gateway computes alike. The per-replica concurrency
+cap is divided among the live gateways (`set_live_gateways`, from the limiter's heartbeats), so the
+engine never sees more than the cap in total.
+
+Capacity eviction is the engine's own LRU (vLLM reloads an evicted adapter from disk by itself);
+the pool never unloads an adapter because it needs room, so no gateway can pull an adapter from
+under another gateway's request. Adapters no release references any more are unloaded fleet-wide
+after a grace period (`sweep`).
 """
 
 from __future__ import annotations
@@ -22,22 +29,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
 from adapters.artifact import verify_digest
-from adapters.engine_client import list_adapters, load_adapter, probe_health, unload_adapter
-from adapters.errors import EngineLoadFailed, EngineUnavailable
+from adapters.errors import (
+    EngineLoadFailed,
+    EngineUnavailable,
+    NoReplicaAvailable,
+    PoolOverloaded,
+    QueueLimited,
+)
+from gateway.engines.discovery import Discovery, Endpoint, StaticDiscovery
+from gateway.engines.engine_api import EngineApi, HttpEngineApi
+from gateway.engines.residency import Orphans
 from gateway.engines.fairqueue import FairQueue, Flow, TenantQueueFull
 from gateway.engines.routing import Choice, ReplicaView, choose_replica
-from gateway.errors import ApiError
 from registry.compact import AnyAdapter
 
 log = logging.getLogger("loragate.engines")
+
 # Preloads and other gateway-internal acquires: most urgent band, outside any tenant's share.
 SYSTEM_FLOW = Flow("-", band=0)
 
@@ -47,30 +61,36 @@ class PoolConfig:
     base_model: str
     adapter_store: Path  # where the gateway reads artifacts (digest checks)
     engine_adapter_root: Path  # where the engines read the same artifacts
-    max_loras: int = 2
-    max_cpu_loras: int = 8
-    max_concurrency: int = 64  # per replica
+    max_concurrency: int = 64  # per replica, all gateways together
     queue_size: int = 256  # requests waiting for a slot, pool-wide
     tenant_queue_size: int = 64  # of one tenant (gateway/engines/fairqueue.py)
     queue_timeout_s: float = 5.0
     health_interval_s: float = 1.0
+    discovery_interval_s: float = 5.0
     eject_after_failures: int = 3
     eject_base_s: float = 1.0
     eject_max_s: float = 30.0
     max_ejected_fraction: float = 0.5
+    unload_grace_s: float = 900.0  # an adapter no release references is unloaded after this
+    sweep_interval_s: float = 30.0
+    verify_artifacts: bool = True  # re-check the digest before each load (off: simulations)
 
 
 @dataclass
 class Replica:
-    name: str
+    name: str  # stable identity (discovery.Endpoint.name)
     url: str
     healthy: bool = False
-    in_flight: int = 0
+    leaving: bool = False  # discovery dropped it: no new requests, gone once drained
+    in_flight: int = 0  # this gateway's requests there
+    reported: int | None = None  # the engine's running + waiting at the last read (all gateways)
+    sent_since_read: int = 0
     failures: int = 0
     slow_probes: int = 0  # health probes in a row that timed out
     ejections: int = 0
     ejected_until: float = 0.0
-    resident: OrderedDict[str, AnyAdapter] = field(default_factory=OrderedDict)
+    resident: set[str] = field(default_factory=set)  # engine-reported, plus loaded here since
+    loaded_here: set[str] = field(default_factory=set)  # loaded while a probe was listing
     users: dict[str, int] = field(default_factory=dict)  # engine name -> requests in flight
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     busy_s: float = 0.0  # seconds with at least one request in flight, up to busy_since
@@ -81,11 +101,14 @@ class Replica:
     busy_log: list[tuple[float, float]] = field(default_factory=list)
 
     def available(self, now: float) -> bool:
-        return self.healthy and now >= self.ejected_until
+        return self.healthy and not self.leaving and now >= self.ejected_until
 
-    def busy_seconds(self, now: float) -> float:
-        """Cumulative seconds this gateway had a request in flight here (engine-time share)."""
-        return self.busy_s + (now - self.busy_since if self.in_flight > 0 else 0.0)
+    def load(self) -> int:
+        """Requests at the engine as best known: its own last count plus what this gateway sent
+        since (never less than this gateway's own in flight)."""
+        if self.reported is None:
+            return self.in_flight
+        return max(self.in_flight, self.reported + self.sent_since_read)
 
     def take_busy(self, now_wall: float) -> list[tuple[float, float]]:
         """The wall-clock busy intervals since the last call (a running one up to `now_wall`)."""
@@ -101,6 +124,10 @@ class Replica:
         else:
             self.busy_log.append((self.busy_since_wall, now_wall))
 
+    def busy_seconds(self, now: float) -> float:
+        """Cumulative seconds this gateway had a request in flight here (engine-time share)."""
+        return self.busy_s + (now - self.busy_since if self.in_flight > 0 else 0.0)
+
 
 @dataclass
 class Lease:
@@ -111,37 +138,38 @@ class Lease:
     released: bool = False
 
 
-def queue_limited() -> ApiError:
-    """A tenant's own excess in the fair queue (429, Retry-After)."""
-    return ApiError(
-        "queue_limited",
-        "Too many of this tenant's requests are waiting for an engine; retry shortly.",
-    )
-
-
 class EnginePool:
     def __init__(
         self,
-        urls: list[str],
-        session: aiohttp.ClientSession,
+        engines: Discovery | Sequence[str],
+        api: EngineApi | aiohttp.ClientSession,
         config: PoolConfig,
         *,
         on_change: Callable[[EnginePool], None] | None = None,
         on_route: Callable[[bool], None] | None = None,
         on_load: Callable[[str, str], None] | None = None,
+        referenced: Callable[[], Collection[str] | None] | None = None,
         on_wait: Callable[[str, float], None] | None = None,
     ) -> None:
         """`on_change` runs after every state change (gauges); `on_route(hit)` once per adapter
         request routed, so the adapter-miss rate is measured where the decision is made;
-        `on_load(replica, "ok" | "error")` once per load call made to an engine;
+        `on_load(replica, "ok" | "error")` once per load call made to an engine; `referenced()`
+        names the engine adapters some release still references (None from it: the registry is
+        not known well enough to say, sweep nothing; no callable: never unload);
         `on_wait(tenant, seconds)` once per tenant acquire, whatever its outcome."""
-        self.replicas = [Replica(f"engine-{i}", url.rstrip("/")) for i, url in enumerate(urls)]
-        self._by_name = {r.name: r for r in self.replicas}
-        self.session = session
+        self.discovery = engines if not isinstance(engines, Sequence) else StaticDiscovery(engines)
+        self.api: EngineApi = (
+            api if not isinstance(api, aiohttp.ClientSession) else HttpEngineApi(api)
+        )
+        self.replicas: list[Replica] = []
+        self._by_name: dict[str, Replica] = {}
         self.config = config
+        self.live_gateways = 1
         self._on_change = on_change
         self._on_route = on_route
         self._on_load = on_load
+        self._referenced = referenced
+        self._orphans = Orphans(config.unload_grace_s)
         self._on_wait = on_wait
         # Requests waiting for a slot, fair between tenants. A waiter's result: True = a slot is
         # free for it, False = pushed out of a full queue (its tenant was furthest over share).
@@ -154,9 +182,12 @@ class EnginePool:
         self._task: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
+        if isinstance(self.discovery, StaticDiscovery):  # known now: no need to wait for start()
+            self.set_endpoints(self.discovery.endpoints)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
+        await self.refresh_members()
         await self.probe_all()
         self._task = asyncio.create_task(self._health_loop(), name="engine-health")
 
@@ -168,21 +199,75 @@ class EnginePool:
             self._task = None
 
     async def _health_loop(self) -> None:
+        next_discovery = next_sweep = time.monotonic()
         while True:
             await asyncio.sleep(self.config.health_interval_s)
             try:
+                now = time.monotonic()
+                if self.discovery.dynamic and now >= next_discovery:
+                    next_discovery = now + self.config.discovery_interval_s
+                    await self.refresh_members()
                 await self.probe_all()
+                if self._referenced is not None and now >= next_sweep:
+                    next_sweep = now + self.config.sweep_interval_s
+                    referenced = self._referenced()
+                    if referenced is not None:
+                        await self.sweep(referenced)
             except Exception:  # pragma: no cover - the loop must survive anything
                 log.exception("health probe failed")
 
+    # -- membership ------------------------------------------------------------------------------
+    async def refresh_members(self) -> None:
+        endpoints = await self.discovery.resolve()
+        if endpoints is not None:  # None: discovery failed, keep what we know
+            self.set_endpoints(endpoints)
+
+    def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """Replicas join at once (after their first probe) and leave by draining."""
+        seen = set()
+        for ep in endpoints:
+            seen.add(ep.name)
+            replica = self._by_name.get(ep.name)
+            if replica is None:
+                replica = Replica(ep.name, ep.url.rstrip("/"))
+                self.replicas.append(replica)
+                self._by_name[ep.name] = replica
+                log.info("engine %s joined", ep.name)
+            elif replica.url != ep.url.rstrip("/"):  # same identity, new address: probe it anew
+                replica.url, replica.healthy = ep.url.rstrip("/"), False
+                replica.resident.clear()
+            replica.leaving = False
+        for replica in self.replicas:
+            if replica.name not in seen and not replica.leaving:
+                replica.leaving = True
+                log.info("engine %s leaving (drains %d requests)", replica.name, replica.in_flight)
+        self._drop_drained()
+        self._changed()
+
+    def _drop_drained(self) -> None:
+        gone = [r for r in self.replicas if r.leaving and r.in_flight == 0]
+        for replica in gone:
+            self.replicas.remove(replica)
+            del self._by_name[replica.name]
+
+    def set_live_gateways(self, n: int) -> None:
+        """How many gateways share each replica's cap (the limiter's heartbeats count them)."""
+        self.live_gateways = max(1, n)
+
+    def share(self) -> int:
+        """This gateway's part of a replica's concurrency cap."""
+        return max(1, self.config.max_concurrency // self.live_gateways)
+
+    # -- health ----------------------------------------------------------------------------------
     async def probe_all(self) -> None:
-        await asyncio.gather(*(self._probe(r) for r in self.replicas))
+        await asyncio.gather(*(self._probe(r) for r in self.replicas if not r.leaving))
+        self._drop_drained()
         self._changed()
         if self._waiters:  # a replica came back (or its ejection ended): its free slots serve
             self._wake(self._free_slots())  # the queue now, not when some request finishes
 
     async def _probe(self, replica: Replica) -> None:
-        status = await probe_health(self.session, replica.url)
+        status = await self.api.health(replica.url)
         if status != "ok":
             # A refused connection or an error answer takes the replica out at once; one probe
             # that times out does not (a busy engine answers late: under load the last healthy
@@ -195,14 +280,17 @@ class EnginePool:
             replica.healthy = False
             return
         replica.slow_probes = 0
+        replica.loaded_here.clear()
         try:
-            loaded = await list_adapters(self.session, replica.url)
+            listed = await self.api.adapters(replica.url)
         except EngineUnavailable:
             replica.healthy = False
             return
-        # Reconcile: forget what the engine no longer has (restart, external unload).
-        for name in [n for n in replica.resident if n not in loaded]:
-            del replica.resident[name]
+        report = await self.api.load_report(replica.url)
+        # What the engine holds, whoever loaded it (a restart forgets, another gateway adds).
+        replica.resident = set(listed) | replica.loaded_here
+        replica.reported = report.requests if report is not None else None
+        replica.sent_since_read = 0
         if not replica.healthy:
             log.info("engine %s healthy", replica.name)
             replica.failures = 0
@@ -212,15 +300,16 @@ class EnginePool:
     # -- routing ---------------------------------------------------------------------------------
     def views(self) -> list[ReplicaView]:
         now = time.monotonic()
-        slots = max(1, self.config.max_cpu_loras)
+        share = self.share()
+        cap = self.config.max_concurrency
         return [
             ReplicaView(
                 name=r.name,
                 available=r.available(now),
-                in_flight=r.in_flight,
-                cap=self.config.max_concurrency,
-                resident=r.resident.keys(),  # a live view: read within this call only
-                slots=slots,
+                open=r.in_flight < share,
+                load=r.load(),
+                cap=cap,
+                resident=r.resident,  # a live view: read within this call only
             )
             for r in self.replicas
         ]
@@ -231,18 +320,19 @@ class EnginePool:
         if not self._waiters.would_refuse(flow):
             return False
         now = time.monotonic()
-        cap = self.config.max_concurrency
-        return not any(r.available(now) and r.in_flight < cap for r in self.replicas)
+        share = self.share()
+        return not any(r.available(now) and r.in_flight < share for r in self.replicas)
 
     def queue_depths(self) -> dict[str, int]:
         """Requests waiting for a slot per tenant (tenants with none are absent)."""
         return self._waiters.depths()
 
     def _free_slots(self) -> int:
-        """Slots free on available replicas, less those already promised to woken waiters."""
+        """This gateway's slots free on available replicas, less those already promised to woken
+        waiters."""
         now = time.monotonic()
-        cap = self.config.max_concurrency
-        free = sum(max(0, cap - r.in_flight) for r in self.replicas if r.available(now))
+        share = self.share()
+        free = sum(max(0, share - r.in_flight) for r in self.replicas if r.available(now))
         return free - self._handoffs
 
     def any_available(self) -> bool:
@@ -298,6 +388,8 @@ class EnginePool:
         if replica.in_flight == 0:
             replica.busy_s += time.monotonic() - replica.busy_since
             replica.end_busy(time.time())
+            if replica.leaving:
+                self._drop_drained()
         self._changed()
         self._wake(1)
 
@@ -314,14 +406,15 @@ class EnginePool:
 
     def forget(self, replica: Replica, engine_name: str) -> None:
         """The engine no longer has the adapter (it answered 404): load it again next time."""
-        replica.resident.pop(engine_name, None)
+        replica.resident.discard(engine_name)
         self._changed()
 
     async def _acquire(
         self, engine_name: str | None, exclude: frozenset[str], flow: Flow, *, count: bool = True
     ) -> tuple[Replica, bool]:
-        if not any(r.available(time.monotonic()) for r in self.replicas if r.name not in exclude):
-            raise ApiError("engine_unavailable", "No engine replica is available; retry shortly.")
+        now = time.monotonic()
+        if not any(r.available(now) for r in self.replicas if r.name not in exclude):
+            raise NoReplicaAvailable("no engine replica is available")
         choice = None
         if not self._waiters and self._handoffs == 0:
             choice = choose_replica(self.views(), engine_name, exclude=exclude)
@@ -331,6 +424,7 @@ class EnginePool:
             self._waited(flow, 0.0)
         replica = self._by_name[choice.replica]
         replica.in_flight += 1
+        replica.sent_since_read += 1
         if replica.in_flight == 1:
             replica.busy_since = time.monotonic()
             replica.busy_since_wall = time.time()
@@ -354,7 +448,7 @@ class EnginePool:
             pushed_out = self._waiters.push(flow, waiter)
         except TenantQueueFull:
             self._waited(flow, 0.0)
-            raise queue_limited() from None
+            raise QueueLimited("this tenant's share of the wait queue is full") from None
         if pushed_out is not None and not pushed_out.done():
             pushed_out.set_result(False)
         self._wake(self._free_slots())  # work-conserving: a free slot serves the queue now
@@ -372,7 +466,7 @@ class EnginePool:
                         self._wake(1)
                     raise
                 if not granted:
-                    raise queue_limited()
+                    raise QueueLimited("pushed out of a full wait queue: over its share")
                 self._handoffs -= 1
                 choice = choose_replica(self.views(), engine_name, exclude=exclude)
                 if choice is not None:
@@ -381,7 +475,7 @@ class EnginePool:
                 waiter = loop.create_future()
                 self._waiters.push_front(flow, waiter)
         except TimeoutError:
-            raise ApiError("overloaded", "The gateway is at capacity; retry shortly.") from None
+            raise PoolOverloaded("no replica slot freed up in time") from None
         finally:
             self._waited(flow, time.monotonic() - started)
 
@@ -391,53 +485,57 @@ class EnginePool:
 
     # -- residency -------------------------------------------------------------------------------
     async def ensure_resident(self, replica: Replica, adapter: AnyAdapter) -> None:
+        """Load the adapter unless the engine already holds it. No capacity eviction here: past
+        --max-cpu-loras the engine's own LRU evicts and reloads by itself (deploy/ENGINE.md)."""
         name = adapter.engine_name
         if name in replica.resident:
-            replica.resident.move_to_end(name)
             return
         lock = replica.locks.setdefault(name, asyncio.Lock())
         async with lock:
             if name in replica.resident:
-                replica.resident.move_to_end(name)
                 return
-            local = self.config.adapter_store / adapter.path
-            await asyncio.to_thread(verify_digest, local, adapter.digest)
-            await self._evict_for_one(replica)
+            if self.config.verify_artifacts:
+                local = self.config.adapter_store / adapter.path
+                await asyncio.to_thread(verify_digest, local, adapter.digest)
             engine_path = str(self.config.engine_adapter_root / adapter.path)
             try:
-                await load_adapter(self.session, replica.url, name, engine_path)
+                await self.api.load(replica.url, name, engine_path)
             except BaseException:
                 self._loaded(replica, "error")
                 raise
             self._loaded(replica, "ok")
-            replica.resident[name] = adapter
+            replica.resident.add(name)
+            replica.loaded_here.add(name)
             log.info("loaded adapter on %s", replica.name)
             self._changed()
-
-    async def _evict_for_one(self, replica: Replica) -> None:
-        """Make room for one more adapter: unload least recently used idle ones over the limit."""
-        limit = max(1, self.config.max_cpu_loras)
-        while len(replica.resident) >= limit:
-            idle = [n for n in replica.resident if replica.users.get(n, 0) == 0]
-            if not idle:
-                return  # everything is busy: let the engine's own LRU cope
-            victim = idle[0]
-            with contextlib.suppress(EngineLoadFailed):
-                await unload_adapter(self.session, replica.url, victim)
-            replica.resident.pop(victim, None)
+        # Resident now: later callers return before the lock, so it need not outlive the load
+        # (one lock per adapter ever seen would grow with the tenant count).
+        replica.locks.pop(name, None)
 
     async def preload(self, adapter: AnyAdapter) -> None:
-        """Load an adapter on one available replica before its release takes traffic."""
+        """Load an adapter on its replica before its release takes traffic."""
         self.release(await self.acquire(adapter, count=False))
 
     async def unload_everywhere(self, engine_name: str) -> None:
         """Unload an adapter no release references any more, where no request still uses it."""
-        for replica in self.replicas:
+        for replica in list(self.replicas):
             if engine_name in replica.resident and replica.users.get(engine_name, 0) == 0:
                 with contextlib.suppress(EngineLoadFailed, EngineUnavailable):
-                    await unload_adapter(self.session, replica.url, engine_name)
-                replica.resident.pop(engine_name, None)
+                    await self.api.unload(replica.url, engine_name)
+                replica.resident.discard(engine_name)
                 self._changed()
+
+    async def sweep(self, referenced: Collection[str], now: float | None = None) -> list[str]:
+        """Unload, on every replica, the loragate adapters the engines hold that no release has
+        referenced for `unload_grace_s` (every gateway sweeps alike; unloading is idempotent)."""
+        held: set[str] = set()
+        for replica in self.replicas:
+            held |= replica.resident
+        due = self._orphans.due(held, referenced, time.monotonic() if now is None else now)
+        for name in due:
+            log.info("unloading an adapter no release references")
+            await self.unload_everywhere(name)
+        return due
 
     # -- passive health --------------------------------------------------------------------------
     def report_failure(self, replica: Replica) -> None:

@@ -1,9 +1,10 @@
 """LoRA-affinity routing as a pure function over a view of the replicas.
 
-Policy: among healthy replicas where the adapter is already resident, take the one with the fewest
-requests in flight, as long as it is under its cap; otherwise place the adapter on the least-loaded
-healthy replica (a miss). Base-model requests go to the least-loaded replica. Ties break by name so
-the choice is deterministic for tests and simulations.
+Policy (gateway/engines/placement.py): an adapter goes to the first replica in its rendezvous
+order whose load is under the bounded-load limit; base-model requests go to the least loaded.
+`load` is what the engine itself reported at the last read plus what this gateway sent since, so
+every gateway balances on the same numbers; `open` is this gateway's own admission (its share of
+the replica's concurrency cap). `miss` says whether the adapter has to be loaded there first.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from gateway.engines.placement import load_bound, rendezvous_order
+
 
 @dataclass(frozen=True, slots=True)
 class ReplicaView:
-    name: str
-    available: bool  # healthy and not ejected
-    in_flight: int
-    cap: int
-    resident: Collection[str]  # engine adapter names loaded there
-    slots: int  # how many adapters it can keep resident before evicting
+    name: str  # stable identity: the rendezvous hash and metric labels use it
+    available: bool  # healthy, not ejected, not leaving
+    open: bool  # this gateway may send it one more request (its share of the cap)
+    load: int  # requests at the engine: its last report plus this gateway's since
+    cap: int  # the replica's whole concurrency cap, all gateways together
+    resident: Collection[str]  # engine adapter names the engine holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,35 +37,33 @@ def choose_replica(
     *,
     exclude: frozenset[str] = frozenset(),
     spill_at: float = 0.75,
+    balance: float = 1.25,
 ) -> Choice | None:
-    """Return where to send the request, or None when every available replica is at its cap.
+    """Where to send the request, or None when no available replica is open to this gateway.
 
-    `spill_at`: when every resident replica is at least this fraction of its cap busy, the adapter
-    is placed on one more replica (hot adapters spread, cold ones stay on one).
+    A replica is passed over for an adapter while its load is at least `balance` x the mean and
+    at least `spill_at` of its cap: hot adapters spread to their next replica, cold ones stay home.
     """
-    open_ = [r for r in replicas if r.available and r.name not in exclude and r.in_flight < r.cap]
+    live = [r for r in replicas if r.available]
+    open_ = [r for r in live if r.open and r.name not in exclude and r.load < r.cap]
     if not open_:
-        return None
+        open_ = [r for r in live if r.open and r.name not in exclude]  # engine count is stale
+        if not open_:
+            return None
     if engine_name is None:
-        best = min(open_, key=lambda r: (r.in_flight, r.name))
+        best = min(open_, key=lambda r: (r.load / max(1, r.cap), r.name))
         return Choice(best.name, miss=False)
-    resident = [r for r in open_ if engine_name in r.resident]
-    if resident:
-        best = min(resident, key=lambda r: (r.in_flight / r.cap, r.name))
-        if best.in_flight < spill_at * best.cap:
-            return Choice(best.name, miss=False)
-        others = [r for r in open_ if engine_name not in r.resident]
-        if not others:
-            return Choice(best.name, miss=False)
-        spill = min(others, key=lambda r: (r.in_flight / r.cap, len(r.resident) >= r.slots, r.name))
-        if spill.in_flight < best.in_flight:
-            return Choice(spill.name, miss=True)
-        return Choice(best.name, miss=False)
-    # Miss: prefer a replica with a free slot, then the least loaded.
-    best = min(open_, key=lambda r: (len(r.resident) >= r.slots, r.in_flight / r.cap, r.name))
-    return Choice(best.name, miss=True)
+    by_name = {r.name: r for r in open_}
+    cap = max(r.cap for r in open_)
+    bound = load_bound((r.load for r in live), balance=balance, floor=spill_at * cap)
+    for name in rendezvous_order(engine_name, tuple(sorted(r.name for r in live))):
+        r = by_name.get(name)
+        if r is not None and r.load < bound:
+            return Choice(r.name, miss=engine_name not in r.resident)
+    best = min(open_, key=lambda r: (r.load / max(1, r.cap), engine_name not in r.resident, r.name))
+    return Choice(best.name, miss=engine_name not in best.resident)
 
 
 def round_robin(replicas: Sequence[ReplicaView], counter: int) -> str:
-    """Baseline for the routing simulation."""
+    """Baseline for the routing simulations."""
     return replicas[counter % len(replicas)].name

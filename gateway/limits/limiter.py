@@ -118,6 +118,7 @@ class Limiter:
         self._down_until = 0.0
         self.degraded = False
         self.live_gateways = 1
+        self.on_live_gateways: Callable[[int], None] | None = None  # after every count
         self._locals: dict[str, LocalCounts] = {}
         self._held: dict[str, Reservation] = {}
         self._pending: deque[_Pending] = deque()
@@ -162,6 +163,8 @@ class Limiter:
         except LimitsUnavailable as exc:
             self._mark_down(exc)
             return False
+        if self.on_live_gateways is not None:
+            self.on_live_gateways(self.live_gateways)
         self._mark_up()
         await self.reconcile()
         return True

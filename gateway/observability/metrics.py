@@ -357,6 +357,10 @@ class GatewayMetrics:
         for fam in self._by_model:
             fam.prune(model_key)
 
+    @property
+    def engines(self) -> frozenset[str]:
+        return self._engines
+
     def set_engines(self, names: Iterable[str]) -> None:
         """Register the replica labels (names or indexes, never URLs); others become "unknown"."""
         self._engines = frozenset(validate_engine_label(n) for n in names)

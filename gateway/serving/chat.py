@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from adapters.errors import QueueLimited
 from gateway.engines.fairqueue import Flow
-from gateway.engines.pool import queue_limited
 from gateway.errors import ApiError, from_domain, model_not_found
 from gateway.limits.quota import estimate_prompt_tokens
 from gateway.observability.tracing import valid_traceparent
@@ -290,7 +290,7 @@ async def serve(state: AppState, scope: Scope, receive: Receive, send: Send, rou
             call.trace.mark("auth")
         if state.pool.shedding(flow_of(state, call.tenant)):
             # Refuse the tenant's own excess before parsing it (metered without an alias).
-            raise queue_limited()
+            raise QueueLimited("this tenant's share of the wait queue is full")
         raw = await read_body(receive, state.settings.max_body_bytes, length)
         try:
             body = orjson.loads(raw)

@@ -23,7 +23,12 @@ import aiohttp
 import orjson
 from starlette.types import Send
 
-from adapters.errors import ArtifactError, EngineLoadFailed, EngineUnavailable
+from adapters.errors import (
+    ArtifactError,
+    EngineLoadFailed,
+    EngineUnavailable,
+    NoReplicaAvailable,
+)
 from gateway.engines.pool import SYSTEM_FLOW, EnginePool, Lease
 from gateway.engines.upstream import Upstream, UpstreamError, UpstreamFailed, open_chat
 from gateway.errors import ApiError
@@ -64,6 +69,8 @@ async def open_engine(
     for attempt in range(MAX_ATTEMPTS):
         try:
             lease = await pool.acquire(call.adapter, exclude=exclude, flow=flow)
+        except NoReplicaAvailable:
+            raise  # nowhere left to retry
         except (EngineUnavailable, EngineLoadFailed):
             if attempt + 1 >= MAX_ATTEMPTS:
                 raise

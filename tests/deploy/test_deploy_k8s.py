@@ -5,6 +5,7 @@ All offline: kubectl (kustomize) and kubernetes-validate come from the dev extra
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -58,6 +59,7 @@ def test_overlay_has_the_whole_stack(rendered: Rendered, name: str) -> None:
         ("Service", "loragate-gateway"),
         ("HorizontalPodAutoscaler", "loragate-gateway"),
         ("PodDisruptionBudget", "loragate-gateway"),
+        ("PodDisruptionBudget", "vllm"),
         ("StatefulSet", "vllm"),
         ("Service", "vllm"),
         ("NetworkPolicy", "vllm-only-from-gateway"),
@@ -75,7 +77,7 @@ def test_overlay_has_the_whole_stack(rendered: Rendered, name: str) -> None:
 def test_gateway_deployment_is_production_shaped(rendered: Rendered) -> None:
     deployment = rendered.one("gpu", "Deployment", "loragate-gateway")
     spec = deployment["spec"]
-    assert spec["replicas"] == 3
+    assert "replicas" not in spec, "the HPA owns the gateway count"
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -172,12 +174,16 @@ def test_selectors_match_their_pods(rendered: Rendered, name: str) -> None:
         for port in service["spec"]["ports"]:
             target = port["targetPort"]
             assert any(_port(c, target) for c in pod_containers(workload))
-    for kind in ("PodDisruptionBudget",):
-        for obj in rendered.all(name, kind):
-            assert _matches(
-                obj["spec"]["selector"]["matchLabels"],
-                pod_labels[("Deployment", "loragate-gateway")],
-            )
+    pdbs = {o["metadata"]["name"]: o for o in rendered.all(name, "PodDisruptionBudget")}
+    for pdb_name, workload_key in [
+        ("loragate-gateway", ("Deployment", "loragate-gateway")),
+        ("vllm", ("StatefulSet", "vllm")),
+    ]:
+        selector = pdbs[pdb_name]["spec"]["selector"]["matchLabels"]
+        assert [k for k, labels in pod_labels.items() if _matches(selector, labels)] == [
+            workload_key
+        ]
+        assert pdbs[pdb_name]["spec"]["maxUnavailable"] == 1
     hpa = rendered.one(name, "HorizontalPodAutoscaler", "loragate-gateway")
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) in workloads
@@ -204,27 +210,28 @@ def test_engines_only_reachable_from_the_gateway(rendered: Rendered, name: str) 
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
-def test_engine_list_names_every_statefulset_pod(rendered: Rendered, name: str) -> None:
-    """LORAGATE_ENGINES is the DNS-per-pod name of each vLLM replica, and nothing else."""
+def test_gateways_discover_the_engines_through_the_headless_service(
+    rendered: Rendered, name: str
+) -> None:
+    """LORAGATE_ENGINES is the SRV name of the vLLM headless Service's port: no hand-kept list of
+    pods, and no namespace in any URL (short names resolve within the pod's namespace)."""
     sts = rendered.one(name, "StatefulSet", "vllm")
     service = rendered.one(name, "Service", sts["spec"]["serviceName"])
     assert service["spec"]["clusterIP"] == "None"
     namespace = sts["metadata"]["namespace"]
-    port = service["spec"]["ports"][0]["port"]
+    (port,) = service["spec"]["ports"]
     gateway = rendered.one(name, "Deployment", "loragate-gateway")
+    assert "replicas" not in gateway["spec"], "the HPA owns the gateway count"
     env = container_env(rendered, name, gateway["spec"]["template"]["spec"]["containers"][0])
-    expected = [
-        f"http://{sts['metadata']['name']}-{i}.{service['metadata']['name']}.{namespace}.svc:{port}"
-        for i in range(sts["spec"]["replicas"])
-    ]
-    import json
-
-    assert json.loads(env["LORAGATE_ENGINES"]) == expected
+    expected = f"dns://_{port['name']}._{port['protocol'].lower()}.{service['metadata']['name']}"
+    assert json.loads(env["LORAGATE_ENGINES"]) == [expected]
+    assert float(env["LORAGATE_ENGINE_DISCOVERY_INTERVAL_S"]) > 0
     redis = rendered.one(name, "StatefulSet", "redis")
-    assert (
-        f"@redis-0.{redis['spec']['serviceName']}.{namespace}.svc:6379/"
-        in env["LORAGATE_REDIS_URL"]
-    )
+    assert f"@redis-0.{redis['spec']['serviceName']}:6379/" in env["LORAGATE_REDIS_URL"]
+    for key, value in env.items():
+        if key.startswith("LORAGATE_"):
+            assert f".{namespace}." not in value, key
+            assert ".svc" not in value, key
 
 
 @pytest.mark.parametrize("name", OVERLAYS)

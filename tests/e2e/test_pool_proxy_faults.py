@@ -14,6 +14,7 @@ from adapters.engine_process import EngineProcess
 from tests.fixtures.faultproxy import FaultProxyFactory
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess, SeededTenant
 from tests.fixtures.models import TinyModels
+from tests.fixtures.placement import homed_tenant
 from tests.fixtures.traffic import (
     auth,
     chat_body,
@@ -130,7 +131,9 @@ def test_reset_is_retried_on_another_replica(
     proxy = fault_proxy(engine.port)
     # Two replica entries: engine-0 through the proxy, engine-1 the same engine directly.
     gw = gateway_factory(engines=[proxy.url, engine.url])
-    tenant = gw.seed_tenant("resetme", adapter=tiny_models.adapter_relpaths[2])
+    path = tiny_models.adapter_relpaths[2]
+    name = homed_tenant("resetme", tiny_models.store_root, path, "engine-0")  # via the proxy
+    tenant = gw.seed_tenant(name, adapter=path)
     gw.wait_ready()
     proxy.set(reset_on=b"/v1/chat/completions")  # health probes still pass, chats crash
     for stream in (False, True):

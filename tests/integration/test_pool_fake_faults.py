@@ -242,19 +242,25 @@ def test_adapter_load_failure_is_retried_on_another_replica(
     gateway_factory: GatewayFactory, fake_engine: FakeEngineFactory, tiny_models: TinyModels
 ) -> None:
     """A replica that cannot load the adapter (down, busy) must not get the retry as well."""
-    dying, healthy = fake_engine(), fake_engine()
-    gw = gateway_factory(engines=[dying.url, healthy.url])
+    engines = [fake_engine(), fake_engine()]
+    gw = gateway_factory(engines=[e.url for e in engines])
     tenant = gw.seed_tenant("loader", adapter=tiny_models.adapter_relpaths[0])
     gw.wait_ready()
-    assert len(dying.loaded) == 1  # preloaded at release creation (ties break by name)
+    # Preloaded at release creation on the adapter's home replica (rendezvous), and only there.
+    (home,) = [i for i, e in enumerate(engines) if e.loaded]
+    dying, healthy = engines[home], engines[1 - home]
+    assert len(dying.loaded) == 1
     dying.load_status = 503
     dying.forget_adapters()  # as after a restart: the adapter has to be loaded again
-    wait_for(lambda: metric(gw.url, "loragate_engine_resident_adapters", engine="engine-0") == 0, 5)
+    wait_for(
+        lambda: metric(gw.url, "loragate_engine_resident_adapters", engine=f"engine-{home}") == 0,
+        5,
+    )
     response = httpx.post(
         gw.url + "/v1/chat/completions", json=chat_body("chat"), headers=auth(tenant.api_key),
         timeout=30,
     )  # fmt: skip
     assert response.status_code == 200, response.text
-    assert response.headers["x-loragate-engine"] == "engine-1"
+    assert response.headers["x-loragate-engine"] == f"engine-{1 - home}"
     assert len(healthy.loaded) == 1
     assert not dying.requests

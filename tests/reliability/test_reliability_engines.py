@@ -5,20 +5,18 @@ there is retried on the survivor (vLLM sends nothing before its body); every req
 the kill succeeds; after the restart the gateway takes the engine back without operator action
 (health gauge, residency reconciled, an adapter loaded there on demand, traffic served there).
 
-Placement, so that both engines serve before the kill (the pool's ties break by replica name):
-alpha's adapter is preloaded on engine-0 (this test's own engine, the one killed); beta's is
-preloaded while a stream of alpha's keeps engine-0 busy, so it lands on engine-1 (the session
-engine); gamma's goes to engine-0 again; delta has no adapter and goes to the least busy engine.
-gamma sends nothing between the kill and the recovery, so after the restart its adapter is resident
-nowhere and its next request loads it on the restarted engine (delta is paused for that one
-request so the choice is not a coin toss between two idle engines). The clients pause while the
+Placement, so that both engines serve before the kill: the tenants are named so that their
+adapters' rendezvous home (tests/fixtures/placement.py) is engine-0 for alpha and gamma (this
+test's own engine, the one killed) and engine-1 for beta (the session engine); delta has no
+adapter and goes to the least busy engine. gamma sends nothing between the kill and the recovery,
+so after the restart its adapter is resident nowhere and its next request loads it on its home,
+the restarted engine. The clients pause while the
 engine restarts: on a 2-core box the survivor's decoding starved the starting engine for minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -33,15 +31,13 @@ from adapters.engine_process import EngineProcess
 from tests.fixtures.engine import EngineFactory
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess, SeededTenant
 from tests.fixtures.models import TinyModels
+from tests.fixtures.placement import homed_tenant
 from tests.fixtures.traffic import (
     auth,
     chat_body,
     contents,
     errors,
-    open_raw_chat,
-    read_until,
     sse_payloads,
-    wait_for,
 )
 
 pytestmark = pytest.mark.engine
@@ -188,26 +184,13 @@ async def _adapters(engine: EngineProcess) -> set[str]:
 
 
 def _place_tenants(gw: GatewayProcess, tiny: TinyModels) -> list[SeededTenant]:
-    paths = tiny.adapter_relpaths
-    alpha = gw.seed_tenant("r4alpha", adapter=paths[0])
+    paths, store = tiny.adapter_relpaths, tiny.store_root
+    alpha = gw.seed_tenant(homed_tenant("r4alpha", store, paths[0], KILLED), adapter=paths[0])
     gw.wait_ready()
-    sock = open_raw_chat(gw.url, alpha.api_key, chat_body("chat", stream=True, max_tokens=1500))
-    with contextlib.closing(sock):
-        assert b"x-loragate-engine: engine-0" in read_until(sock, b"data: ", count=2)
-        beta = gw.seed_tenant("r4beta", adapter=paths[1])  # engine-0 is busy: engine-1
-    wait_for(lambda: _in_flight_sync(gw, KILLED) == 0, 20, "engine-0 idle")
-    gamma = gw.seed_tenant("r4gamma", adapter=paths[2])  # both idle: engine-0 by name
+    beta = gw.seed_tenant(homed_tenant("r4beta", store, paths[1], SURVIVOR), adapter=paths[1])
+    gamma = gw.seed_tenant(homed_tenant("r4gamma", store, paths[2], KILLED), adapter=paths[2])
     delta = gw.seed_tenant("r4delta", adapter=None)
     return [alpha, beta, gamma, delta]
-
-
-def _in_flight_sync(gw: GatewayProcess, engine: str) -> float:
-    text = httpx.get(gw.url + "/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "loragate_engine_in_flight" and sample.labels["engine"] == engine:
-                return float(sample.value)
-    return -1.0
 
 
 @pytest.mark.timeout(1500)  # two vLLM starts and a restart on a shared 2-core box
@@ -220,10 +203,10 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
     own = engine_factory()
     gw = gateway_factory(engines=[own.url, engine.url])
     tenants = await asyncio.to_thread(_place_tenants, gw, tiny_models)
-    gamma, delta = tenants[2], tenants[3]
-    assert any(n.startswith("lg-r4alpha-") for n in await _adapters(own))
-    assert any(n.startswith("lg-r4gamma-") for n in await _adapters(own))
-    assert any(n.startswith("lg-r4beta-") for n in await _adapters(engine))
+    alpha, beta, gamma, delta = tenants
+    assert any(n.startswith(f"lg-{alpha.id}-") for n in await _adapters(own))
+    assert any(n.startswith(f"lg-{gamma.id}-") for n in await _adapters(own))
+    assert any(n.startswith(f"lg-{beta.id}-") for n in await _adapters(engine))
 
     run = Run(gw, tenants)
     limits = httpx.Limits(max_connections=WORKERS + 4)
@@ -279,7 +262,7 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
             noticed_at = time.monotonic()
             assert not any(n.startswith("lg-") for n in await _adapters(own))  # a fresh engine
 
-            # gamma comes back: its adapter is resident nowhere, so it is loaded on engine-0.
+            # gamma comes back: its adapter is resident nowhere, so it is loaded on its home.
             run.quiet.add(delta.id)
             await _until(
                 lambda: gauge_is("loragate_engine_in_flight", 0), 120, "delta's requests done"
@@ -303,7 +286,7 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
 
         assert await _gauge(client, "loragate_engine_in_flight", KILLED) == 0
         assert await _gauge(client, "loragate_engine_in_flight", SURVIVOR) == 0
-    reloaded = {n for n in await _adapters(own) if n.startswith("lg-r4gamma-")}
+    reloaded = {n for n in await _adapters(own) if n.startswith(f"lg-{gamma.id}-")}
 
     outcomes = run.outcomes
     failed = [o for o in outcomes if not o.ok]

@@ -1,8 +1,8 @@
 """LoRA-affinity routing: the policy, and a simulation against round-robin (no engine needed).
 
-Simulation: 100 tenants with Zipf(s=1.1) traffic over 4 replicas with max_loras=8 slots each. A
-request is a miss when its adapter is not resident on the replica that serves it; residency per
-replica is an LRU of `slots` adapters, as the engine's GPU slots are.
+Simulation (one gateway; the fleet of gateways is tests/unit/test_fleet_sim.py): 100 tenants with
+Zipf(s=1.1) traffic over 4 replicas. A request is a miss when its adapter is not resident on the
+replica that serves it; residency per replica is an LRU of `slots` adapters, as the engine's are.
 """
 
 from __future__ import annotations
@@ -10,47 +10,69 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 
-from gateway.engines.routing import ReplicaView, choose_replica, round_robin
+from gateway.engines.placement import rendezvous_order
+from gateway.engines.routing import Choice, ReplicaView, choose_replica, round_robin
 
 
 def _view(
-    name: str, resident: set[str], in_flight: int = 0, cap: int = 4, slots: int = 8
+    name: str, resident: set[str], load: int = 0, cap: int = 4, *, open_: bool = True
 ) -> ReplicaView:
-    return ReplicaView(name, True, in_flight, cap, frozenset(resident), slots)
+    return ReplicaView(name, True, open_, load, cap, frozenset(resident))
 
 
-def test_prefers_the_replica_holding_the_adapter() -> None:
-    views = [_view("a", set()), _view("b", {"x"}, in_flight=1)]
-    choice = choose_replica(views, "x")
-    assert choice is not None
-    assert (choice.replica, choice.miss) == ("b", False)
+NAMES = ("a", "b", "c", "d")
 
 
-def test_miss_goes_to_least_loaded_with_a_free_slot() -> None:
-    full = {f"f{i}" for i in range(8)}
-    views = [_view("a", full), _view("b", {"y"}, in_flight=2), _view("c", set(), in_flight=1)]
-    choice = choose_replica(views, "x")
-    assert choice is not None
-    assert (choice.replica, choice.miss) == ("c", True)
+def test_an_adapter_goes_to_its_rendezvous_home_whatever_else_holds_it() -> None:
+    for adapter in (f"lg-t{i}" for i in range(50)):
+        home = rendezvous_order(adapter, NAMES)[0]
+        views = [_view(n, {adapter} if n != home else set(), load=1) for n in NAMES]
+        choice = choose_replica(views, adapter)
+        assert choice == Choice(home, miss=True)
+        views = [_view(n, {adapter}) for n in reversed(NAMES)]  # order of the list is irrelevant
+        assert choose_replica(views, adapter) == Choice(home, miss=False)
 
 
-def test_hot_adapter_spills_to_another_replica() -> None:
-    views = [_view("a", {"x"}, in_flight=3), _view("b", set(), in_flight=0)]
-    choice = choose_replica(views, "x")
-    assert choice is not None
-    assert (choice.replica, choice.miss) == ("b", True)
+def test_a_busy_home_spills_to_the_second_choice_only() -> None:
+    adapter = "lg-hot"
+    first, second, *_ = rendezvous_order(adapter, NAMES)
+    views = [_view(n, {adapter} if n == first else set(), load=0, cap=8) for n in NAMES]
+    assert choose_replica(views, adapter) == Choice(first, miss=False)
+    busy = [_view(n, {adapter} if n == first else set(), load=7 if n == first else 1, cap=8)
+            for n in NAMES]  # fmt: skip
+    assert choose_replica(busy, adapter) == Choice(second, miss=True)
+    # Busy but not above the floor (spill_at of the cap): a spill would only cost a load.
+    mild = [_view(n, {adapter} if n == first else set(), load=3 if n == first else 0, cap=8)
+            for n in NAMES]  # fmt: skip
+    assert choose_replica(mild, adapter) == Choice(first, miss=False)
 
 
-def test_none_when_everything_is_at_cap_and_unavailable_is_skipped() -> None:
-    views = [_view("a", {"x"}, in_flight=4), ReplicaView("b", False, 0, 4, frozenset(), 8)]
+def test_a_joining_replica_takes_only_its_share() -> None:
+    adapters = [f"lg-t{i}" for i in range(2000)]
+    before = {a: rendezvous_order(a, NAMES)[0] for a in adapters}
+    after = {a: rendezvous_order(a, (*NAMES, "e"))[0] for a in adapters}
+    moved = [a for a in adapters if before[a] != after[a]]
+    assert all(after[a] == "e" for a in moved)
+    assert 0.15 < len(moved) / len(adapters) < 0.25
+    left = {a: rendezvous_order(a, NAMES[1:])[0] for a in adapters}  # "a" leaves
+    assert all(left[a] == before[a] for a in adapters if before[a] != "a")
+
+
+def test_none_when_nothing_is_open_to_this_gateway_and_unavailable_is_skipped() -> None:
+    views = [_view("a", {"x"}, open_=False), ReplicaView("b", False, True, 0, 4, frozenset())]
     assert choose_replica(views, "x") is None
 
 
 def test_exclude_is_honoured() -> None:
-    views = [_view("a", {"x"}), _view("b", set())]
-    choice = choose_replica(views, "x", exclude=frozenset({"a"}))
-    assert choice is not None
-    assert choice.replica == "b"
+    home = rendezvous_order("x", ("a", "b"))[0]
+    other = "b" if home == "a" else "a"
+    views = [_view("a", {"x"}), _view("b", {"x"})]
+    assert choose_replica(views, "x", exclude=frozenset({home})) == Choice(other, miss=False)
+
+
+def test_base_model_requests_go_to_the_least_loaded() -> None:
+    views = [_view("a", set(), load=3), _view("b", set(), load=1), _view("c", set(), load=2)]
+    assert choose_replica(views, None) == Choice("b", miss=False)
 
 
 def simulate(
@@ -77,9 +99,7 @@ def simulate(
         active = [a for a in active if a[0] > step]
         adapter = rng.choices(tenants, weights)[0]
         if policy == "affinity":
-            views = [
-                ReplicaView(n, True, in_flight[n], 16, frozenset(cpu[n]), cpu_slots) for n in names
-            ]
+            views = [ReplicaView(n, True, True, in_flight[n], 16, frozenset(cpu[n])) for n in names]
             choice = choose_replica(views, adapter)
             assert choice is not None
             name = choice.replica
