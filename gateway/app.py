@@ -37,8 +37,8 @@ from gateway.admin import adapter_push, keyuse
 from gateway.admin import routes as admin_api
 from gateway.engines.discovery import discovery_from
 from gateway.engines.pool import EnginePool, PoolConfig
-from gateway.engines.upstream import Upstream
 from gateway.engines.residency import referenced_engine_names
+from gateway.engines.upstream import Upstream
 from gateway.errors import ApiError, from_domain
 from gateway.limits.limiter import Limiter
 from gateway.observability import startup
@@ -64,6 +64,7 @@ from gateway.serving.completions import PATH as COMPLETIONS_PATH
 from gateway.serving.completions import handle_completions
 from gateway.settings import Settings
 from gateway.state import AppState
+from registry.compact import AnyAdapter
 from registry.errors import RegistryError
 from registry.fleet import FleetStore
 from registry.limits import LimitStore

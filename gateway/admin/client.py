@@ -35,6 +35,7 @@ from gateway.admin.schemas import (
     AliasPublic,
     AuditEntryPublic,
     CallerPublic,
+    CanaryStatusPublic,
     EvalReportPublic,
     KeyInfoPublic,
     KeyPublic,
@@ -258,6 +259,11 @@ def list_models(tenant: str) -> AdminCall[list[AliasPublic]]:
 
 def get_model(tenant: str, alias: str) -> AdminCall[AliasPublic]:
     return AdminCall("GET", f"/tenants/{tenant}/models/{alias}", _model(AliasPublic))
+
+
+def canary_status(tenant: str, alias: str) -> AdminCall[CanaryStatusPublic]:
+    path = f"/tenants/{tenant}/models/{alias}/canary"
+    return AdminCall("GET", path, _model(CanaryStatusPublic))
 
 
 def _alias_action(

@@ -29,6 +29,7 @@ ROUTE_ROLES: dict[str, Role | str] = {
     "get_tenant": "viewer",
     "list_models": "viewer",
     "get_model": "viewer",
+    "canary_status": "viewer",
     "list_keys": "viewer",
     "audit": "viewer",
     "audit_export": "viewer",

@@ -23,6 +23,7 @@ from gateway.admin.schemas import (
     AliasPublic,
     AuditEntryPublic,
     CanaryBody,
+    CanaryStatusPublic,
     EvalBody,
     EvalReportPublic,
     FlagsBody,
@@ -291,10 +292,10 @@ async def _mutate(
 @router.get("/tenants/{tenant}/models/{alias}/canary")
 async def canary_status(
     tenant: str, alias: str, state: StateDep, actor: ActorDep
-) -> dict[str, Any]:
+) -> CanaryStatusPublic:
     """The canary's fleet-wide numbers per arm, the guard's verdict and what would trip."""
     record = await state.store.get_alias(_name(tenant, "tenant id"), _name(alias, "alias"))
-    return await rollout_status.canary_status(state, record)
+    return CanaryStatusPublic.model_validate(await rollout_status.canary_status(state, record))
 
 
 async def _with_numbers(state: AppState, tenant: str, alias: str, reason: str) -> str:

@@ -349,6 +349,35 @@ class ReleaseListedPublic(Release):
     used_by: list[AliasArmPublic]
 
 
+class ArmNumbersPublic(Public):
+    n: int
+    errors: int
+    error_rate: float
+    refusal_rate: float
+    schema_violation_rate: float
+    p95_ms: float | None
+
+
+class CanaryStatusPublic(Public):
+    """The canary's numbers as the guard judges them: summed over live gateways (`source`
+    `fleet`), or this gateway's own windows when Redis is away (`local`)."""
+
+    tenant: str
+    alias: str
+    revision: int
+    stable: str | None
+    canary: str | None
+    canary_weight: float
+    guarded: bool  # false: no canary in progress (or the kill switch is on)
+    source: Literal["fleet", "local"] | None = None
+    gateways: int | None = None
+    arms: dict[Literal["stable", "canary"], ArmNumbersPublic] | None = None
+    action: Literal["wait", "hold", "rollback", "promote"] | None = None
+    would_trip: list[str] = []
+    thresholds: dict[str, Any] | None = None
+    reason: str | None = None
+
+
 class CaseResultPublic(Public):
     case: int
     name: str | None

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from adapters.ports import port_open
+from adapters.ports import free_port, port_open
 from gateway.admin import client as api
 from gateway.admin.client import AdminClient
 from gateway.demo.common import (
@@ -154,7 +154,7 @@ def up(args: argparse.Namespace) -> int:
         # fleet, as behind a Service; each logs to its own file.
         urls, procs = [], []
         for i in range(n_gateways):
-            gw_port = port if i == 0 else _free_port()
+            gw_port = port if i == 0 else free_port()
             name = "gateway.log" if i == 0 else f"gateway-{i}.log"
             with (logs / name).open("ab") as gateway_log:
                 gateway = subprocess.Popen(  # noqa: S603

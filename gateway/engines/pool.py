@@ -45,8 +45,8 @@ from adapters.errors import (
 )
 from gateway.engines.discovery import Discovery, Endpoint, StaticDiscovery
 from gateway.engines.engine_api import EngineApi, HttpEngineApi
-from gateway.engines.residency import Orphans
 from gateway.engines.fairqueue import FairQueue, Flow, TenantQueueFull
+from gateway.engines.residency import Orphans
 from gateway.engines.routing import Choice, ReplicaView, choose_replica
 from registry.compact import AnyAdapter
 

@@ -52,6 +52,7 @@ CALLS: list[api.AdminCall[Any]] = [
     api.list_principals(),
     api.revoke_principal("ops"),
     api.list_secrets(),
+    api.canary_status("acme", "chat"),
 ]
 # Answers that are not one `*Public` model: the audit export is NDJSON; the adapter push and the
 # version listings answer records with what uses them (gateway/admin/adapter_push.py).

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from gateway.engines.load import EngineLoad, parse_engine_metrics
 from gateway.engines.residency import Orphans, referenced_engine_names
-from registry.state import RegistryState
 
 VLLM_METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -46,6 +45,8 @@ def test_orphans_are_due_only_after_the_grace_period_and_only_loragate_names() -
 
 def test_referenced_names_come_from_what_aliases_route_or_roll_back_to() -> None:
     from registry.models import AdapterVersion, Alias, Release
+    from registry.state import parse_state
+    from registry.writes import encode
 
     def adapter(v: int) -> AdapterVersion:
         return AdapterVersion(
@@ -62,8 +63,14 @@ def test_referenced_names_come_from_what_aliases_route_or_roll_back_to() -> None
     }
     alias = Alias(tenant="acme", alias="chat", stable="chat-r3", canary="chat-r4",
                   last_good=("chat-r2",))  # fmt: skip
-    state = RegistryState(
-        epoch=1, adapters=adapters, releases=releases, aliases={("acme", "chat"): alias}
+    state = parse_state(
+        1,
+        tenants={},
+        keys={},
+        adapters={f"acme:sup:{v}": encode(a) for (_, _, v), a in adapters.items()},
+        prompts={},
+        releases={f"acme:{rid}": encode(r) for (_, rid), r in releases.items()},
+        aliases={"acme:chat": encode(alias)},
     )
     names = referenced_engine_names(state)
     assert names == {adapters[("acme", "sup", v)].engine_name for v in (2, 3, 4)}
