@@ -119,9 +119,11 @@ class Keyspace:
     def audit_of(self, tenant: str) -> str:
         return f"{self.prefix}audit:{tenant}"
 
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}invalidate"
+    def channel(self, db: int) -> str:
+        """The change channel of the registry in database `db`: Redis pub/sub ignores databases,
+        so registries sharing a server in different databases must not share a channel (a
+        gateway would apply another registry's changes)."""
+        return f"{self.prefix}invalidate:{db}"
 
     @property
     def retention_lease(self) -> str:

@@ -89,6 +89,9 @@ class RedisEdge:
         self._secret = secret
         self._timeout = timeout
         self.keyspace = keyspace or Keyspace()
+        self.channel = self.keyspace.channel(
+            int(redis.connection_pool.connection_kwargs.get("db", 0))
+        )
         self._clock = clock
         self._audit_maxlen = audit_maxlen
         self._wait_replicas = wait_replicas
@@ -141,7 +144,7 @@ class RedisEdge:
             *spec.hashes,
         ]  # fmt: skip
         args: list[bytes | str | int] = [
-            spec.to_json(audit), ks.channel, self._audit_maxlen, "1" if tenant else "0",
+            spec.to_json(audit), self.channel, self._audit_maxlen, "1" if tenant else "0",
         ]  # fmt: skip
         if self._wait_replicas <= 0:
             result = await self._script(keys=keys, args=args)

@@ -282,7 +282,7 @@ class SnapshotWatcher:
             await asyncio.sleep(self._poll_interval)
 
     async def _listen_loop(self) -> None:
-        channel = self._store.keyspace.channel
+        channel = self._store.channel
         first = True
         while self._running:
             pubsub: PubSub | None = None

@@ -249,3 +249,28 @@ async def test_refresh_catches_up_from_the_changes(
     await watcher.refresh()
     assert "acme" in watcher.state.tenants
     assert watcher.full_loads == loads
+
+
+async def test_registries_in_other_databases_of_the_server_do_not_leak_in(
+    redis_private: RedisServer,
+) -> None:
+    """Redis pub/sub ignores databases: each registry publishes on a channel of its own database,
+    so a watcher never applies another database's changes (and never skips its own for them)."""
+    base = redis_private.url.rsplit("/", 1)[0]
+    one = aioredis.Redis.from_url(base + "/1", socket_timeout=1.0)
+    two = aioredis.Redis.from_url(base + "/2", socket_timeout=1.0)
+    store_one = RegistryStore(one, REGISTRY_SECRET, timeout=STORE_TIMEOUT)
+    store_two = RegistryStore(two, REGISTRY_SECRET, timeout=STORE_TIMEOUT)
+    watcher = SnapshotWatcher(store_two, two, poll_interval=0.1)
+    await watcher.start()
+    try:
+        for i in range(3):  # database 1 runs ahead of database 2's epochs
+            await store_one.create_tenant(f"other{i}", actor="root")
+        await store_two.create_tenant("acme", actor="root")
+        assert await eventually(lambda: "acme" in watcher.state.tenants, 2.0)
+        assert not any(t.startswith("other") for t in watcher.state.tenants)
+        assert watcher.state.epoch == 1
+    finally:
+        await watcher.stop()
+        await one.aclose()
+        await two.aclose()

@@ -44,7 +44,7 @@ def _chat_loop(
 
 
 def _subscribers(client: redis.Redis) -> int:
-    reply: Any = client.pubsub_numsub(Keyspace().channel)
+    reply: Any = client.pubsub_numsub(Keyspace().channel(0))
     return int(reply[0][1])
 
 

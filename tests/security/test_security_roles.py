@@ -29,7 +29,7 @@ RANKS = {"viewer": 0, "operator": 1, "admin": 2}
 # The documented role table: least role per route; "global": admin on every tenant.
 EXPECTED: dict[str, str] = {
     "list_tenants": "viewer", "get_tenant": "viewer", "list_models": "viewer",
-    "get_model": "viewer", "list_keys": "viewer", "audit": "viewer", "audit_export": "viewer",
+    "get_model": "viewer", "canary_status": "viewer", "list_keys": "viewer", "audit": "viewer", "audit_export": "viewer",
     "list_adapter_versions": "viewer", "list_prompt_versions": "viewer",
     "list_releases": "viewer", "whoami": "viewer",
     "register_adapter": "operator", "push_adapter": "operator", "register_prompt": "operator",
