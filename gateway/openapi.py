@@ -142,34 +142,39 @@ CHAT_COMPLETION_CHUNK: dict[str, Any] = {
     },
 }
 
-# One server-sent event (Open API before 3.2: the media type's schema describes each event).
-SSE_EVENT: dict[str, Any] = {
-    "title": "ChatCompletionEvent",
-    "description": (
-        "One `data:` event: a chunk, the usage chunk (`stream_options.include_usage`), "
-        "`[DONE]` at the end, or instead of `[DONE]` one error event when the stream fails."
-    ),
-    "type": "object",
-    "required": ["data"],
-    "properties": {
-        "event": {"const": "message"},
-        "data": {
-            "anyOf": [
-                {"const": "[DONE]"},
-                {
-                    "type": "string",
-                    "contentMediaType": "application/json",
-                    "contentSchema": {
-                        "anyOf": [
-                            {"$ref": _REF + "ChatCompletionChunk"},
-                            {"$ref": _REF + "ErrorResponse"},
-                        ]
+
+def _sse_event(title: str, description: str, payload: str) -> dict[str, Any]:
+    """One server-sent event (Open API before 3.2: the media type's schema describes each event):
+    a `payload` chunk, `[DONE]` at the end, or instead of `[DONE]` one error event."""
+    return {
+        "title": title,
+        "description": description,
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"const": "message"},
+            "data": {
+                "anyOf": [
+                    {"const": "[DONE]"},
+                    {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {
+                            "anyOf": [{"$ref": _REF + payload}, {"$ref": _REF + "ErrorResponse"}]
+                        },
                     },
-                },
-            ]
+                ]
+            },
         },
-    },
-}
+    }
+
+
+SSE_EVENT = _sse_event(
+    "ChatCompletionEvent",
+    "One `data:` event: a chunk, the usage chunk (`stream_options.include_usage`), "
+    "`[DONE]` at the end, or instead of `[DONE]` one error event when the stream fails.",
+    "ChatCompletionChunk",
+)
 
 _TEXT_CHOICES: dict[str, Any] = {
     "type": "array",
@@ -199,30 +204,11 @@ TEXT_COMPLETION: dict[str, Any] = {
     },
 }
 
-TEXT_SSE_EVENT: dict[str, Any] = {
-    "title": "TextCompletionEvent",
-    "description": "One `data:` event of a streamed text completion (as for chat).",
-    "type": "object",
-    "required": ["data"],
-    "properties": {
-        "event": {"const": "message"},
-        "data": {
-            "anyOf": [
-                {"const": "[DONE]"},
-                {
-                    "type": "string",
-                    "contentMediaType": "application/json",
-                    "contentSchema": {
-                        "anyOf": [
-                            {"$ref": _REF + "TextCompletion"},
-                            {"$ref": _REF + "ErrorResponse"},
-                        ]
-                    },
-                },
-            ]
-        },
-    },
-}
+TEXT_SSE_EVENT = _sse_event(
+    "TextCompletionEvent",
+    "One `data:` event of a streamed text completion (as for chat).",
+    "TextCompletion",
+)
 
 MODEL: dict[str, Any] = {
     "title": "Model",
