@@ -18,6 +18,7 @@ from adapters.artifact import compute_digest
 from adapters.errors import ArtifactError
 from adapters.push import pack
 from gateway.admin import client as api
+from gateway.admin import console
 
 CHUNK = 1 << 20
 
@@ -41,8 +42,6 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
 
 def push(args: argparse.Namespace, tenant: str, name: str, directory: Path) -> dict[str, Any]:
     """Upload `directory`; the version record (with `ref` and `skipped`) or SystemExit(2)."""
-    from gateway.admin import cli
-
     with tempfile.TemporaryDirectory(prefix="loragate-push-") as tmp:
         try:
             tar_path, _listing = pack(directory, Path(tmp) / "artifact.tar")
@@ -54,20 +53,18 @@ def push(args: argparse.Namespace, tenant: str, name: str, directory: Path) -> d
         call = api.upload_adapter(
             tenant, name, _file_chunks(tar_path), size=tar_path.stat().st_size, digest=digest
         )
-        data: dict[str, Any] = cli._send(args, call)
+        data: dict[str, Any] = console.send(args, call)
     return data
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.admin import cli
-
     action = args.admin_action
     if action == "adapters-push":
         data = push(args, args.tenant, args.name, args.directory)
         for skipped in data.get("skipped", []):
             print(f"skipped {skipped}", file=sys.stderr)
         if args.json:
-            cli._print(args, data)
+            console.show(args, data)
         else:
             print(data["ref"])
         return 0
@@ -77,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
         "prompts": api.list_prompt_versions,
         "releases": api.list_releases,
     }
-    data = cli._send(args, lists[kind](args.tenant))
+    data = console.send(args, lists[kind](args.tenant))
     columns = {
         "adapters": ["ref", "digest", "rank", "size_bytes", "used_by"],
         "prompts": ["ref", "created_at", "used_by"],
         "releases": ["id", "alias", "adapter", "prompt", "used_by"],
     }[kind]
-    cli._print(args, data, columns)
+    console.show(args, data, columns)
     return 0

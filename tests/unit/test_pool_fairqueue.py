@@ -13,9 +13,10 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
+from adapters.errors import EngineError, QueueLimited
 from gateway.engines.fairqueue import Flow
 from gateway.engines.pool import EnginePool, Lease, PoolConfig
-from gateway.errors import ApiError
+from gateway.errors import from_domain
 
 
 def _pool(cap: int = 2, queue: int = 16, per_tenant: int = 8, timeout_s: float = 5.0) -> EnginePool:
@@ -128,11 +129,11 @@ async def test_a_tenant_over_its_queue_bound_gets_429_and_others_still_queue() -
     await _settle()
     assert pool.shedding(Flow("flood"))
     assert not pool.shedding(Flow("quiet"))
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(EngineError) as refused:
         await _take(pool, "flood", order)
-    assert refused.value.code == "queue_limited"
-    assert refused.value.status == 429
-    assert refused.value.response_headers()["retry-after"] == "1"
+    assert from_domain(refused.value).code == "queue_limited"
+    assert from_domain(refused.value).status == 429
+    assert from_domain(refused.value).response_headers()["retry-after"] == "1"
     quiet = asyncio.create_task(_take(pool, "quiet", order))
     await _settle()
     assert pool.queue_depths() == {"flood": 2, "quiet": 1}
@@ -151,8 +152,8 @@ async def test_a_full_queue_refuses_the_flood_not_the_newcomer() -> None:
     # The newest flood request made room, and was told it is its tenant's excess.
     pushed = queued[2]
     assert pushed.done()
-    assert isinstance(pushed.exception(), ApiError)
-    assert cast(ApiError, pushed.exception()).code == "queue_limited"
+    assert isinstance(pushed.exception(), QueueLimited)
+    assert from_domain(cast(QueueLimited, pushed.exception())).code == "queue_limited"
     await _serve_all(pool, [held], [*queued[:2], quiet])
     assert order == ["flood", "flood", "quiet", "flood"]
 
@@ -161,9 +162,9 @@ async def test_a_wait_past_the_timeout_is_overloaded_and_measured() -> None:
     pool = _pool(cap=1, timeout_s=0.05)
     order: list[str] = []
     held = await _take(pool, "a", order)
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(EngineError) as refused:
         await _take(pool, "b", order)
-    assert refused.value.code == "overloaded"
+    assert from_domain(refused.value).code == "overloaded"
     assert pool.queue_depths() == {}
     pool.release(held)
     waits = cast(Any, pool).waits
