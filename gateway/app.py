@@ -250,7 +250,7 @@ def create_app(
         engine_time = asyncio.create_task(
             EngineTimeLoop(
                 state.engine_time, fleet_store, limiter.process_id, metrics,
-                lambda now: {r.name: r.take_busy(now) for r in pool.replicas},
+                lambda now: _busy_since_last(metrics, pool, now),
             ).run(),
             name="engine-time",
         )  # fmt: skip
@@ -413,11 +413,24 @@ def _label_universe(metrics: GatewayMetrics, state: RegistryState, delta: Delta)
             metrics.set_canary_weight(alias.tenant, alias.alias, weight)
 
 
-def _pool_gauges(metrics: GatewayMetrics, pool: EnginePool) -> None:
-    now = time.monotonic()
+def _engine_labels(metrics: GatewayMetrics, pool: EnginePool) -> None:
     names = frozenset(r.name for r in pool.replicas)
     if names != metrics.engines:  # discovery changed the membership: labels follow it
         metrics.set_engines(names)
+
+
+def _busy_since_last(
+    metrics: GatewayMetrics, pool: EnginePool, now_wall: float
+) -> dict[str, list[tuple[float, float]]]:
+    """Each replica's busy intervals for the engine-time settlement, whose series carry the
+    replica's name: the label universe follows the membership first (no scrape may have yet)."""
+    _engine_labels(metrics, pool)
+    return {r.name: r.take_busy(now_wall) for r in pool.replicas}
+
+
+def _pool_gauges(metrics: GatewayMetrics, pool: EnginePool) -> None:
+    now = time.monotonic()
+    _engine_labels(metrics, pool)
     for replica in pool.replicas:
         metrics.set_engine_ejected(replica.name, now < replica.ejected_until)
         metrics.set_engine_in_flight(replica.name, replica.in_flight)
