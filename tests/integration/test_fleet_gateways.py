@@ -112,12 +112,14 @@ def test_no_request_pays_for_another_gateways_eviction(
     assert [r.status_code for r in responses] == [200] * 120, [r.text for r in responses][:3]
     assert [e.not_found for e in engines] == [0, 0]  # nothing pulled from under a request
     assert [e.unload_calls for e in engines] == [[], []]  # capacity is the engine's LRU's job
-    # Each adapter on one replica only, loaded at most once per gateway (a gateway that has not
-    # read the engine's list yet asks again; the engine answers "already loaded").
+    # Every adapter resident, each loaded at most once per gateway on a replica (a gateway that
+    # has not read the engine's list yet asks again; the engine answers "already loaded"). Where
+    # an adapter lives is the placement tests' subject: under contention the bounded-load spill
+    # may also place a hot adapter on its second choice, which every gateway agrees on.
     holders = Counter(name for e in engines for name in e.loaded)
     assert len(holders) == 6
-    assert set(holders.values()) == {1}
-    calls = Counter(name for e in engines for name in e.load_calls)
+    assert set(holders.values()) <= {1, 2}
+    calls = Counter((i, name) for i, e in enumerate(engines) for name in e.load_calls)
     assert max(calls.values()) <= len(gateways)
 
 
