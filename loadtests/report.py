@@ -220,7 +220,7 @@ def issue22_targets(
         if r and "added_latency_p50_ms" in r:
             p50, p95 = r["added_latency_p50_ms"], r["added_latency_p95_ms"]
             add(arm, "added latency at 1,000 req/s", "<= 0.3 ms P50, <= 1 ms P95",
-                f"P50 +{p50:.2f} ms, P95 +{p95:.2f} ms", p50 <= 0.3 and p95 <= 1.0)  # fmt: skip
+                f"P50 {p50:+.2f} ms, P95 {p95:+.2f} ms", p50 <= 0.3 and p95 <= 1.0)  # fmt: skip
         if lite_open:
             level = min(x["level"] for x in lite_open)
             lg, lt = _row(rows, arm, "open", level), _row(rows, "litellm", "open", level)
@@ -242,7 +242,7 @@ def issue22_targets(
                 f"{cpu:.1f} us", cpu <= 25)  # fmt: skip
             add(arm, f"added TTFT, {top['level']:.0f} streams, {label}",
                 "P50 <= 1 ms" if mode == "steady" else "(beside it)",
-                f"P50 +{ttft:.2f} ms, P95 +{ttft95:.2f} ms, "
+                f"P50 {ttft:+.2f} ms, P95 {ttft95:+.2f} ms, "
                 f"{int(top.get('lost_frames', 0))} lost",
                 ttft <= 1.0 if mode == "steady" else None)  # fmt: skip
     if engine and not engine.get("skipped"):
