@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help demo demo-up demo-down demo-observe demo-bad-canary test test-fast test-long check bench bench-smoke sysdeps venv engine-venv clean
+.PHONY: help demo demo-up demo-down demo-observe demo-bad-canary test test-fast test-long check bench bench-22 bench-smoke sysdeps venv engine-venv clean
 
 help:
 	@echo "make demo | demo-up | demo-down | test | test-fast | test-long | check | bench"
@@ -85,6 +85,13 @@ bench: venv engine-venv sysdeps $(VENV)/.bench-stamp
 	@command -v wrk >/dev/null || { echo "installing: wrk"; $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+
+# Issue 22's table alone (servers side by side, limits off/on, steady and simultaneous streams,
+# LiteLLM, the real engine) with the load average during the run: about ten minutes.
+bench-22: venv engine-venv sysdeps $(VENV)/.bench-stamp
+	@command -v wrk >/dev/null || { echo "installing: wrk"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python -m loadtests.bench --issue22 --out bench-results/issue22 $(BENCH_ARGS)
 
 bench-smoke: venv sysdeps
 	$(BIN)/python -m loadtests.bench --smoke --out bench-results/smoke

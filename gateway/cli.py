@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.servers import run
     from gateway.settings import Settings
 
     settings = Settings()
@@ -20,65 +23,48 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings.from_file(Path(args.config))
     from gateway.observability.logs import configure_logging
 
-    host = args.host or settings.host
-    port = args.port or settings.port
-    settings = settings.model_copy(update={"host": host, "port": port})
+    update: dict[str, object] = {
+        "host": args.host or settings.host,
+        "port": args.port or settings.port,
+    }
+    if args.server:
+        update["server"] = args.server
+    settings = settings.model_copy(update=update)
     configure_logging(settings.log_format, settings.log_level)
     workers = args.workers or settings.workers
     if workers > 1:
-        return _serve_workers(args, host, port, workers)  # each worker starts its own writer
+        return _serve_workers(args, settings, workers)  # each worker starts its own writer
     writer = None
     if settings.request_log:
         from gateway.observability.requestlog import start_writer
 
         writer = start_writer()
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level="warning",
-            log_config=None,  # uvicorn's loggers go through loragate's one format
-            access_log=False,  # the request log (LORAGATE_REQUEST_LOG) says more, as JSON
-            proxy_headers=False,  # loragate never uses the client address; saves work per request
-            server_header=False,
-            timeout_graceful_shutdown=10,
-        )
+        run(create_app(settings), settings)
     finally:
         if writer is not None:
             writer.stop()
     return 0
 
 
-def _serve_workers(args: argparse.Namespace, host: str, port: int, workers: int) -> int:
-    """N processes on one port (uvicorn's supervisor shares the listening socket and restarts a
-    worker that dies). Each is a gateway of its own to Redis: limits, canary windows and engine
+def _serve_workers(args: argparse.Namespace, settings: Settings, workers: int) -> int:
+    """N processes on one port (the server's supervisor shares the listening socket and restarts
+    a worker that dies). Each is a gateway of its own to Redis: limits, canary windows and engine
     time are shared there; /metrics merges the workers' (gateway/observability/workers.py)."""
     import os
     import tempfile
     from pathlib import Path
 
-    import uvicorn
-
     from gateway.app import CONFIG_ENV
     from gateway.observability.workers import WORKERS_DIR_ENV
+    from gateway.servers import run_workers
 
     with tempfile.TemporaryDirectory(prefix="loragate-workers-") as directory:
         os.environ[WORKERS_DIR_ENV] = directory
+        os.environ["LORAGATE_SERVER"] = settings.server
         if args.config:
             os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
-        uvicorn.run(
-            "gateway.app:worker_app",
-            factory=True,
-            workers=workers,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
-            timeout_graceful_shutdown=10,
-        )
+        run_workers("gateway.app:worker_app", settings, workers)
     return 0
 
 
@@ -103,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, default=None,
         help="processes on the one port (default: LORAGATE_WORKERS or 1)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--server", choices=("uvicorn", "granian"), default=None,
+        help="the HTTP server under the app (default: LORAGATE_SERVER or uvicorn)",
     )  # fmt: skip
     serve.set_defaults(func=_serve)
 

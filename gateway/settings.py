@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     # Processes serving the one port (`loragate serve --workers N` overrides): each is a gateway
     # of its own to Redis; /metrics merges them.
     workers: int = Field(default=1, ge=1, le=64)
+    # The HTTP server under the app (gateway/servers.py; `loragate serve --server` overrides).
+    server: Literal["uvicorn", "granian"] = "uvicorn"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.25
     redis_max_connections: int = 128

@@ -20,9 +20,11 @@ import argparse
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,11 +34,17 @@ import orjson
 
 from adapters.ports import free_port
 from loadtests import engine_arm, fairness, registry_scale, report, stack, workers_arm, wrk
-from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
+from loadtests.loadgen import Target, closed_loop, open_loop, run_sync, steady_streams
 from loadtests.procs import Proc
 
 GATEWAY_CPU = 0
 CLIENT_CPU = 1
+# Tenants of the "+limits" arms: every limit set (admission and settlement in Redis per request),
+# none of them reached.
+BENCH_LIMITS: dict[str, Any] = {
+    "max_concurrency": 100_000, "requests_per_minute": 100_000_000,
+    "tokens_per_minute": 10_000_000_000, "budget": {"amount": 1e9, "period": "day"},
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,13 @@ class Plan:
     rates: tuple[float, ...] = (100, 500, 1000, 2000)
     concurrency: tuple[int, ...] = (1, 16, 64, 256)
     streams: tuple[int, ...] = (32, 256)
+    steady: tuple[int, ...] = (
+        256,
+    )  # streams kept open by Poisson arrivals (loadgen.steady_streams)
+    servers: tuple[str, ...] = ("uvicorn", "granian")  # one gateway each, arms side by side
+    limits: bool = True  # also arms for tenants with limits (Redis-backed admission per request)
+    lite_rates: tuple[float, ...] = (100,)  # LiteLLM saturates near 100 req/s on one core
+    fairness: bool = True
     sse_chunks: int = 32
     sse_interval_ms: float = 20.0
     tenants: int = 8
@@ -76,6 +91,22 @@ SMOKE = Plan(
     registry_tenants=200,
     registry_phase_s=3.0,
     workers=(),
+    steady=(4,),
+    limits=True,
+    fairness=True,
+)
+
+# Issue 22's report in about ten minutes: the figures of its target table, nothing else.
+ISSUE22 = Plan(
+    reps=2,
+    duration=3.0,
+    rates=(100, 1000),
+    concurrency=(16, 64, 256),
+    streams=(256,),
+    steady=(256,),
+    registry_tenants=0,
+    workers=(),
+    fairness=False,
 )
 
 
@@ -91,6 +122,8 @@ class Contender:
     redis_url: str | None = None
     redis_idle_per_s: float = 0.0
     saturated_at: float = float("inf")  # open-loop rate past which runs only measure a queue
+    rates: tuple[float, ...] | None = None  # open-loop rates for this arm (None: the plan's)
+    concurrency: tuple[int, ...] | None = None
 
 
 def chat_body(model: str, *, stream: bool, user: str | None = None) -> bytes:
@@ -145,6 +178,14 @@ def measure(
             closed_loop(arm.json_target, concurrency=int(level), duration=plan.duration)
         )
         result = stats.summary()
+    elif mode == "steady":
+        stream_s = plan.sse_chunks * plan.sse_interval_ms / 1000.0
+        stats = run_sync(
+            steady_streams(
+                arm.sse_target, concurrency=int(level), stream_s=stream_s, duration=plan.duration
+            )
+        )
+        result = stats.summary()
     else:
         stats = run_sync(
             closed_loop(arm.sse_target, concurrency=int(level), duration=plan.duration)
@@ -159,7 +200,7 @@ def measure(
         record["gateway_cpu_util"] = used / wall
         record["gateway_cpu_us_per_req"] = used / ok * 1e6
         record["gateway_rss_mb"] = arm.proc.rss_bytes() / 2**20
-        if mode == "sse" and result.get("frames"):
+        if mode in ("sse", "steady") and result.get("frames"):
             record["gateway_cpu_us_per_chunk"] = used / result["frames"] * 1e6
     if arm.redis_url:
         calls1 = stack.redis_calls(arm.redis_url)
@@ -199,7 +240,7 @@ def redis_idle_rate(url: str, seconds: float) -> float:
 def run_arm(
     arm: Contender, plan: Plan, rep: str, mock: Proc, records: list[dict[str, Any]]
 ) -> None:
-    for rate in plan.rates:
+    for rate in arm.rates if arm.rates is not None else plan.rates:
         if arm.saturated_at <= rate:
             continue
         rec = measure(arm, plan, "open", rate, rep, mock)
@@ -210,7 +251,7 @@ def run_arm(
         )
         if rec["error_rate"] > 0.2 or rec["latency_p50_ms"] > 1000:
             arm.saturated_at = rate
-    for conc in plan.concurrency:
+    for conc in arm.concurrency if arm.concurrency is not None else plan.concurrency:
         rec = measure(arm, plan, "closed", conc, rep, mock)
         records.append(rec)
         _say(
@@ -223,6 +264,16 @@ def run_arm(
         _say(
             f"{rep} {arm.name:8} sse s={streams:<4}: ttft p50 {rec.get('ttft_p50_ms', 0):.2f} ms "
             f"lost {rec.get('lost_frames', 0)} errors {rec['errors']}"
+        )
+    if arm.name == "litellm":
+        return  # its streams add nothing to the comparison and take minutes
+    for streams in plan.steady:
+        rec = measure(arm, plan, "steady", streams, rep, mock)
+        records.append(rec)
+        _say(
+            f"{rep} {arm.name:8} steady s={streams:<4}: ttft p50 "
+            f"{rec.get('ttft_p50_ms', 0):.2f} ms p95 {rec.get('ttft_p95_ms', 0):.2f} ms "
+            f"{rec.get('gateway_cpu_us_per_chunk', 0):.1f} us/chunk errors {rec['errors']}"
         )
 
 
@@ -246,6 +297,8 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
     notes: list[str] = []
     started = time.time()
     services: list[stack.Service] = []
+    load = LoadSampler()
+    load.start()
     try:
         redis = stack.start_redis(work, cpu=client)
         services.append(redis)
@@ -254,33 +307,55 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
             work, ports=ports, cpu=client, chunks=plan.sse_chunks, interval_ms=plan.sse_interval_ms
         )
         services.append(mock)
-        gw = stack.start_loragate(
-            work, redis_url=redis.url, engines=mock.extra["urls"], cpu=_gateway_cpu()
-        )
-        services.append(gw)
-        tenants = stack.seed_loragate(
-            gw.url,
-            gw.admin_token,
-            store=work / "adapters",
-            tenants=plan.tenants,
-            canary_weight=plan.canary_weight,
-        )
-        keys = [t["api_key"] for t in tenants]
+        arms: dict[str, Contender] = {}
         direct_json, direct_sse = targets(mock.url, stack.BASE_MODEL, [], frames=plan.sse_chunks)
-        lg_json, lg_sse = targets(gw.url, "chat", keys, frames=plan.sse_chunks)
-        arms = {
-            "direct": Contender("direct", direct_json, direct_sse, None),
-            "loragate": Contender("loragate", lg_json, lg_sse, gw.proc, redis.url),
+        arms["direct"] = Contender("direct", direct_json, direct_sse, None)
+        keys: list[str] = []
+        limited: list[str] = []
+        shared = {
+            "LORAGATE_ADMIN_TOKEN": "lgadm-" + secrets.token_urlsafe(16),
+            "LORAGATE_KEY_HMAC_SECRET": secrets.token_hex(32),
         }
-        # Warm the gateway: adapters resident on both replicas, connection pool filled.
-        run_sync(open_loop(lg_json, rate=200, duration=1.0))
-        arms["loragate"].redis_idle_per_s = redis_idle_rate(redis.url, 2.0 if plan.smoke else 4.0)
+        for server in plan.servers:
+            # One gateway per server, all on the one registry (same key secret and admin token):
+            # seeded once, each serves the same tenants. Only the arm under test gets traffic.
+            gw = stack.start_loragate(
+                work, redis_url=redis.url, engines=mock.extra["urls"], cpu=_gateway_cpu(),
+                name=f"loragate-{server}", settings={"LORAGATE_SERVER": server, **shared},
+            )  # fmt: skip
+            services.append(gw)
+            if not keys:
+                keys = [t["api_key"] for t in stack.seed_loragate(
+                    gw.url, gw.admin_token, store=work / "adapters", tenants=plan.tenants,
+                    canary_weight=plan.canary_weight,
+                )]  # fmt: skip
+                if plan.limits:
+                    limited = [t["api_key"] for t in stack.seed_loragate(
+                        gw.url, gw.admin_token, store=work / "adapters", tenants=plan.tenants,
+                        canary_weight=plan.canary_weight, prefix="l", limits=BENCH_LIMITS,
+                    )]  # fmt: skip
+            base = "loragate" if server == plan.servers[0] else f"loragate-{server}"
+            lg_json, lg_sse = targets(gw.url, "chat", keys, frames=plan.sse_chunks)
+            arms[base] = Contender(base, lg_json, lg_sse, gw.proc, redis.url)
+            if limited:
+                lj, ls = targets(gw.url, "chat", limited, frames=plan.sse_chunks)
+                arms[base + "+limits"] = Contender(base + "+limits", lj, ls, gw.proc, redis.url)
+        # Warm the gateways: adapters resident on both replicas, connection pools filled.
+        for name, arm in arms.items():
+            if name != "direct":
+                run_sync(open_loop(arm.json_target, rate=200, duration=1.0))
+        idle = redis_idle_rate(redis.url, 2.0 if plan.smoke else 4.0)
+        for name, arm in arms.items():
+            arm.redis_idle_per_s = 0.0 if name == "direct" else idle
+        _say(f"arms: {', '.join(arms)}")
         if plan.litellm:
             try:
                 lite = stack.start_litellm(work, upstream=mock.url, cpu=_gateway_cpu())
                 services.append(lite)
                 lj, ls = targets(lite.url, "chat", [lite.admin_token], frames=plan.sse_chunks)
-                arms["litellm"] = Contender("litellm", lj, ls, lite.proc)
+                arms["litellm"] = Contender(
+                    "litellm", lj, ls, lite.proc, rates=plan.lite_rates, concurrency=(16,)
+                )
                 run_sync(open_loop(lj, rate=50, duration=1.0))
             except (RuntimeError, TimeoutError, OSError) as exc:
                 notes.append(f"LiteLLM arm skipped: {str(exc)[:300]}")
@@ -296,7 +371,11 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
             service.proc.stop()
         services.clear()
         os.sched_setaffinity(0, all_cpus)
-        fair = fairness.run(work / "fairness", duration=4.0 if plan.smoke else 10.0)
+        fair = (
+            fairness.run(work / "fairness", duration=4.0 if plan.smoke else 10.0)
+            if plan.fairness
+            else None
+        )
         if plan.workers:
             notes += _workers_arm(plan, work, out)
         engine_result: dict[str, Any] | None = None
@@ -325,9 +404,32 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         started=started,
         finished=time.time(),
     )
+    doc["loadavg_during"] = load.stop()
     doc["fairness"] = fair  # issue 16: weights 3:1, Jain's index for 10 tenants (one flooding)
     report.write(doc, out)
     return doc
+
+
+class LoadSampler(threading.Thread):
+    """The 1-minute load average every 5 s while the bench runs: a figure is only as good as the
+    machine was quiet."""
+
+    def __init__(self) -> None:
+        super().__init__(name="loadavg", daemon=True)
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(5.0):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self) -> dict[str, float]:
+        self._stop_event.set()
+        self.join(timeout=10)
+        self.samples.append(os.getloadavg()[0])
+        values = self.samples
+        return {"min": min(values), "max": max(values), "mean": sum(values) / len(values),
+                "samples": len(values)}  # fmt: skip
 
 
 def _workers_arm(plan: Plan, work: Path, out: Path) -> list[str]:
@@ -355,6 +457,9 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds, tiny rates (CI)")
+    parser.add_argument(
+        "--issue22", action="store_true", help="issue 22's table only (~10 minutes)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--duration", type=float, default=None)
@@ -365,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)  # so `finally` stops every process we started
-    plan = SMOKE if args.smoke else Plan()
+    plan = SMOKE if args.smoke else ISSUE22 if args.issue22 else Plan()
     if args.reps is not None:
         plan = replace(plan, reps=args.reps)
     if args.duration is not None:
@@ -385,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"report: {args.out / 'report.md'}")
     for line in doc["targets_summary"]:
         _say(line)
+    for t in doc["targets_22"]:
+        met = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
+        _say(f"#22 {met} {t['arm']}: {t['name']}: {t['measured']} (target {t['target']})")
+    _say(f"load average during the run: {doc['loadavg_during']}")
     return 0
 
 

@@ -179,3 +179,37 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+async def steady_streams(
+    target: Target, *, concurrency: int, stream_s: float, duration: float, seed: int = 22
+) -> RunStats:
+    """Streams that start at Poisson arrivals, at the rate that keeps `concurrency` of them open
+    (Little's law: rate = concurrency / stream length), never more than `concurrency` at once:
+    the steady state of many clients, not `concurrency` streams begun at the same instant. TTFT
+    counts from the intended start (an arrival that waited for a slot includes the wait)."""
+    import random
+
+    stats = RunStats()
+    rate = concurrency / max(stream_s, 1e-3)
+    rng = random.Random(seed)
+    slots = asyncio.Semaphore(concurrency)
+    async with new_session(limit=concurrency) as session:
+
+        async def one(i: int, intended: float) -> None:
+            async with slots:
+                await one_request(session, target, i, intended, stats)
+
+        tasks: list[asyncio.Task[None]] = []
+        t0 = time.perf_counter() + 0.05
+        at, i = t0, 0
+        while at < t0 + duration:
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, at)))
+            i += 1
+            at += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+        stats.elapsed = time.perf_counter() - t0
+    return stats

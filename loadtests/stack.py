@@ -160,6 +160,7 @@ def seed_loragate(
     adapters: list[Path] | None = None,
     system_prompt: str | None = "You are a concise assistant.",
     prefix: str = "t",
+    limits: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Tenants <prefix>0..N, alias `chat`: release 1 stable, release 2 canary at `canary_weight`.
 
@@ -169,7 +170,7 @@ def seed_loragate(
     with AdminClient(url, admin_token) as admin:
         for i in range(tenants):
             tenant = f"{prefix}{i}"
-            admin.send(api.create_tenant(tenant, display_name=f"Bench tenant {i}"))
+            admin.send(api.create_tenant(tenant, display_name=f"Bench tenant {i}", limits=limits))
             key = admin.send(api.issue_key(tenant))
             releases = []
             for version in (1, 2):

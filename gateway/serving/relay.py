@@ -38,7 +38,14 @@ from gateway.serving.call import Call, engine_headers, finish, record_guard
 from gateway.serving.keepalive import KeepAlive
 from gateway.serving.output_checks import OutputGuard
 from gateway.serving.render import ChatRequest
-from gateway.serving.sse import DONE, DONE_EVENT, SseParser, SseProtocolError, error_event
+from gateway.serving.sse import (
+    DONE,
+    DONE_EVENT,
+    EventReader,
+    ModelRewrite,
+    SseProtocolError,
+    error_event,
+)
 from gateway.serving.tools import has_tool_calls
 from gateway.state import AppState
 
@@ -184,7 +191,8 @@ async def stream(x: Exchange) -> None:
             call.responded = True
             headers = raw_headers(call.headers, SSE)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-        status, tail = await _relay(state.metrics, send, call, x.chat, response, x.guard)
+        rewrite = None if x.guard.active else ModelRewrite(lease.engine_model, x.chat.alias)
+        status, tail = await _relay(state.metrics, send, call, x.chat, response, x.guard, rewrite)
         if call.keepalive is not None:  # a stream that ended before its first event
             await call.keepalive.stop()
         clean = status == "ok"
@@ -206,10 +214,15 @@ async def _relay(
     chat: ChatRequest,
     response: aiohttp.ClientResponse,
     guard: OutputGuard,
+    rewrite: ModelRewrite | None,
 ) -> tuple[str, bytes]:
     """Relay engine events until [DONE]; returns the outcome and the stream's last bytes.
-    Events that arrive in one engine read leave in one write."""
-    parser = SseParser()
+    Events that arrive in one engine read leave in one write.
+
+    With a `rewrite` (no output check reads the content), whole events pass as bytes with only
+    the `model` replaced; what must be read (the usage chunk that meters the request, an error,
+    [DONE], anything in another layout) is parsed. Without one, every event is parsed."""
+    reader = EventReader(rewrite)
     saw_done = False
     first_at: float | None = None
     last_at = 0.0
@@ -223,10 +236,18 @@ async def _relay(
         async for chunk in response.content.iter_any():
             out: list[bytes] = []
             t = time.perf_counter()
-            for payload in parser.feed(chunk):
+            ready, payloads = reader.feed(chunk)
+            if ready:
+                out.append(ready)
+            for payload in payloads:
                 if payload == DONE:
                     saw_done = True
                     continue
+                if reader.rewrite is not None:
+                    rewritten = reader.rewrite.event(payload)
+                    if rewritten is not None:
+                        out.append(b"data: " + rewritten + b"\n\n")
+                        continue
                 obj = orjson.loads(payload)
                 if "error" in obj and "choices" not in obj:
                     if out:

@@ -8,12 +8,14 @@ from collections.abc import Iterator
 
 import httpx
 import openai
+import orjson
 import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from adapters.engine_process import EngineProcess
 from adapters.ports import free_port
+from gateway.serving.sse import ModelRewrite
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess, SeededTenant
 from tests.fixtures.models import TinyModels
 
@@ -124,6 +126,29 @@ def test_stream_include_usage_is_honoured(
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_the_engines_own_chunks_take_the_byte_path(
+    engine: EngineProcess, tiny_models: TinyModels
+) -> None:
+    """vLLM's chunks, read raw from the engine: every content chunk has the layout the relay
+    rewrites by bytes (gateway/serving/sse.py: ModelRewrite); only the usage chunk and [DONE]
+    are parsed. If a vLLM upgrade changes the layout, the relay falls back to parsing (correct,
+    slower) and this test says so."""
+    body = {"model": tiny_models.served_name, "messages": QUESTION, "max_tokens": 8,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    raw = httpx.post(engine.url + "/v1/chat/completions", json=body, timeout=300).content
+    events = [event + b"\n\n" for event in raw.split(b"\n\n") if event]
+    assert events[-1] == b"data: [DONE]\n\n"
+    usage, content = events[-2], b"".join(events[:-2])
+    assert len(events) >= 4, raw[:500]
+    rewrite = ModelRewrite(tiny_models.served_name, "support")
+    rewritten = rewrite.block(content)
+    assert rewritten is not None, content[:500]
+    expected = [{**orjson.loads(e[6:]), "model": "support"} for e in events[:-2]]
+    assert [orjson.loads(e[6:]) for e in rewritten.split(b"\n\n") if e] == expected
+    assert rewrite.block(usage) is None  # metering reads it
+    assert orjson.loads(usage[6:])["usage"]["completion_tokens"] > 0
 
 
 def test_two_tenants_get_different_outputs(

@@ -4,7 +4,8 @@ adapter users, tenant limiter, in-flight gauges) must return to idle, and no asy
 left behind.
 
 Why this shape: the gateway app runs in this test's event loop (the in-process fixture's real
-lifespan) behind a real uvicorn server on 127.0.0.1, so `asyncio.all_tasks()` sees every task the
+lifespan) behind a real HTTP server on 127.0.0.1 (uvicorn, or granian with
+LORAGATE_SERVER=granian: tests/fixtures/servers.py), so `asyncio.all_tasks()` sees every task the
 gateway owns and the pool and limiter can be read directly; clients are raw asyncio sockets that
 close (FIN) or reset (RST) mid-request, which httpx's ASGITransport cannot model. The engine is the
 scripted fake: it is slow on purpose (headers first, the first token after `FIRST_TOKEN_S`, then
@@ -24,20 +25,18 @@ import statistics
 import struct
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.ports import free_port
 from gateway.state import AppState
 from tests.fixtures.fake_engine import FakeEngine, Step
 from tests.fixtures.gateway import SeededTenant
 from tests.fixtures.inprocess import InProcessFactory, InProcessGateway
+from tests.fixtures.servers import served
 
 CLIENTS = 200
 CONCURRENCY = 50
@@ -80,28 +79,6 @@ def _plans(rng: random.Random) -> list[Plan]:
         )
         for i in range(CLIENTS)
     ]
-
-
-@contextlib.asynccontextmanager
-async def _served(gw: InProcessGateway) -> AsyncIterator[int]:
-    """The in-process app behind a real uvicorn server in this loop (lifespan already running)."""
-    port = free_port()
-    config = uvicorn.Config(
-        gw.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(), name="r6-uvicorn")
-    async with asyncio.timeout(10):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(15):
-            await task
 
 
 def _request(key: str, body: dict[str, Any]) -> bytes:
@@ -230,7 +207,7 @@ async def test_r6_random_disconnects_abort_every_engine_request_and_leak_nothing
     fake.default = Step("ok", tokens=2000, delay_s=FIRST_TOKEN_S, gap_s=TOKEN_GAP_S)
     plans = _plans(random.Random(SEED))
 
-    async with _served(gw) as port:
+    async with served(gw.app) as port:
         # Warm-up: one complete request per tenant and kind, so lazily created state exists.
         for tenant in tenants:
             for stream in (False, True):
@@ -297,7 +274,7 @@ async def test_r6_random_disconnects_abort_every_engine_request_and_leak_nothing
         )
         assert cancelled == CLIENTS
 
-        # No task left behind (uvicorn's connection tasks and the gateway's own included).
+        # No task left behind (the server's connection tasks and the gateway's own included).
         try:
             settle = await _until(
                 lambda: len(asyncio.all_tasks()) <= baseline_tasks, SETTLE_S, "tasks settled"
