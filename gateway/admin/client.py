@@ -373,6 +373,22 @@ def list_releases(tenant: str) -> AdminCall[list[ReleaseListedPublic]]:
     return AdminCall("GET", f"/tenants/{tenant}/releases", _models(ReleaseListedPublic))
 
 
+def retire_adapter_version(tenant: str, name: str, version: int) -> AdminCall[AdapterVersionPublic]:
+    """Retire `name@version` (409 in_use while a release that is not retired names it)."""
+    path = f"/tenants/{tenant}/adapters/{name}/versions/{version}/retire"
+    return AdminCall("POST", path, _model(AdapterVersionPublic))
+
+
+def retire_prompt_version(tenant: str, name: str, version: int) -> AdminCall[PromptVersionPublic]:
+    path = f"/tenants/{tenant}/prompts/{name}/versions/{version}/retire"
+    return AdminCall("POST", path, _model(PromptVersionPublic))
+
+
+def retire_release(tenant: str, release: str) -> AdminCall[ReleasePublic]:
+    """Retire a release (409 in_use while its alias has it as stable, canary or last good)."""
+    return AdminCall("POST", f"/tenants/{tenant}/releases/{release}/retire", _model(ReleasePublic))
+
+
 # -- the clients ----------------------------------------------------------------------------------
 
 
