@@ -31,7 +31,16 @@ from typing import Any
 import orjson
 
 from adapters.ports import free_port
-from loadtests import engine_arm, fairness, registry_scale, report, stack, workers_arm, wrk
+from loadtests import (
+    engine_arm,
+    fairness,
+    push_arm,
+    registry_scale,
+    report,
+    stack,
+    workers_arm,
+    wrk,
+)
 from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
 from loadtests.procs import Proc
 
@@ -299,6 +308,10 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         fair = fairness.run(work / "fairness", duration=4.0 if plan.smoke else 10.0)
         if plan.workers:
             notes += _workers_arm(plan, work, out)
+        if not plan.smoke:  # a 50 MB adapter pushed over loopback into S3 (moto); the harness
+            push = push_arm.run(work / "push", mb=50.0, pushes=3)  # has its own test
+            notes.append(push["line"])
+            _say(push["line"])
         engine_result: dict[str, Any] | None = None
         if plan.engine:
             engine_result = engine_arm.run(work, requests=40)
