@@ -96,7 +96,7 @@ class S3Store:
             }
         self.client: Any = boto3.client(
             "s3",
-            endpoint_url=config.endpoint_url,
+            endpoint_url=config.endpoint_url or None,  # "" (an env file's unset value): AWS
             region_name=config.region,
             config=Config(
                 retries={"max_attempts": 3, "mode": "standard"},

@@ -36,15 +36,27 @@ RUN python -m venv /opt/vllm \
  && (/opt/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec triton || true) \
  && /opt/vllm/bin/python -c "import vllm.entrypoints.openai.api_server"
 COPY --from=model /models /models
+# loragate's vLLM plugin (adapters/vllm_resolver.py): pushed adapters fetched by digest from the
+# object store into this engine's own cache (/adapters), checked here. --no-deps keeps vLLM's pins.
+COPY pyproject.toml README.md /opt/loragate/
+COPY gateway /opt/loragate/gateway
+COPY registry /opt/loragate/registry
+COPY adapters /opt/loragate/adapters
+# hadolint ignore=DL3013
+RUN /opt/vllm/bin/pip install --no-deps /opt/loragate \
+ && /opt/vllm/bin/pip install boto3==1.44.5 \
+ && /opt/vllm/bin/python -c "import adapters.vllm_resolver, boto3"
 RUN groupadd --system --gid 10001 vllm \
- && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/vllm vllm
+ && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/vllm vllm \
+ && mkdir -p /adapters && chown 10001:10001 /adapters
 ENV PATH=/opt/vllm/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     VLLM_NO_USAGE_STATS=1 \
     DO_NOT_TRACK=1 \
     VLLM_CPU_KVCACHE_SPACE=1 \
     VLLM_CPU_NUM_OF_RESERVED_CPU=0 \
-    VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING=True \
+    LORAGATE_ENGINE_CACHE_DIR=/adapters
 USER 10001:10001
 WORKDIR /home/vllm
 EXPOSE 8000

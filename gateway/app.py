@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 from adapters.engine_client import engine_headers
 from adapters.errors import AdapterError
 from gateway.admin import access_routes as access_api
-from gateway.admin import adapter_push, keyuse
+from gateway.admin import adapter_push, keyuse, retire_routes
 from gateway.admin import routes as admin_api
 from gateway.engines.discovery import discovery_from
 from gateway.engines.pool import EnginePool, PoolConfig
@@ -172,6 +172,7 @@ def create_app(
                 discovery_interval_s=settings.engine_discovery_interval_s,
                 unload_grace_s=settings.adapter_unload_grace_s,
                 sweep_interval_s=settings.adapter_sweep_interval_s,
+                engines_fetch=settings.object_store() is not None,
             ),
             on_route=metrics.count_adapter_request,
             on_load=metrics.count_adapter_load,
@@ -301,6 +302,7 @@ def create_app(
     app.include_router(tenant_api.router)
     app.include_router(admin_api.router)
     app.include_router(adapter_push.router)
+    app.include_router(retire_routes.router)
     app.include_router(access_api.router)
     _install_error_handlers(app)
     install_openapi(app)  # the chat route, bearer schemes and error envelopes documented

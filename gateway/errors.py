@@ -21,11 +21,13 @@ from adapters.errors import (
 )
 from registry.errors import (
     AlreadyExists,
+    InUse,
     InvalidName,
     InvalidRollout,
     NotFound,
     RegistryError,
     RegistryUnavailable,
+    Retired,
     RevisionConflict,
 )
 
@@ -57,6 +59,8 @@ CODES: dict[str, tuple[int, str]] = {
     "schema_violation": (502, "api_error"),
     "revision_conflict": (409, "conflict_error"),
     "already_exists": (409, "conflict_error"),
+    "in_use": (409, "conflict_error"),
+    "retired": (409, "conflict_error"),
     "invalid_name": (422, "invalid_request_error"),
     "invalid_rollout": (422, "invalid_request_error"),
     "eval_failed": (422, "invalid_request_error"),
@@ -177,7 +181,18 @@ def from_domain(exc: Exception) -> ApiError:
         return ApiError("adapter_load_failed", "The engine could not load the adapter.")
     if isinstance(exc, RegistryUnavailable):
         return ApiError("registry_unavailable", "The registry is unavailable; retry shortly.")
-    if isinstance(exc, (NotFound, RevisionConflict, AlreadyExists, InvalidName, InvalidRollout)):
+    if isinstance(
+        exc,
+        (
+            NotFound,
+            RevisionConflict,
+            AlreadyExists,
+            InvalidName,
+            InvalidRollout,
+            InUse,
+            Retired,
+        ),
+    ):
         return ApiError(exc.code, exc.message)
     if isinstance(exc, RegistryError):
         return ApiError("invalid_request", exc.message)

@@ -152,8 +152,11 @@ class Settings(BaseSettings):
     # the whole fleet per period (gateway/observability/engine_time.py), exported that much later.
     engine_time_period_s: float = Field(default=5.0, gt=0)
 
-    # Adapter store: the gateway validates artifacts under `adapter_store`; the engines read the
-    # same files under `engine_adapter_root` (a shared volume; defaults to the same path).
+    # Adapter store: the gateway validates artifacts under `adapter_store`. Without an object
+    # store the engines read the same files under `engine_adapter_root` (a shared volume; defaults
+    # to the same path). With one (`s3_bucket`), `engine_adapter_root` is each engine's own cache
+    # (LORAGATE_ENGINE_CACHE_DIR of its plugin): pushed artifacts are fetched and checked there,
+    # so gateways need no shared volume and no copy of their own.
     adapter_store: Path = Path(".loragate/adapters")
     engine_adapter_root: Path | None = None
     max_adapter_bytes: int = 512 * 1024 * 1024

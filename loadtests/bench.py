@@ -33,7 +33,16 @@ from typing import Any
 import orjson
 
 from adapters.ports import free_port
-from loadtests import engine_arm, fairness, registry_scale, report, stack, workers_arm, wrk
+from loadtests import (
+    engine_arm,
+    fairness,
+    push_arm,
+    registry_scale,
+    report,
+    stack,
+    workers_arm,
+    wrk,
+)
 from loadtests.loadgen import Target, closed_loop, open_loop, run_sync, steady_streams
 from loadtests.procs import Proc
 
@@ -378,6 +387,10 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         )
         if plan.workers:
             notes += _workers_arm(plan, work, out)
+        if not plan.smoke:  # a 50 MB adapter pushed over loopback into S3 (moto); the harness
+            push = push_arm.run(work / "push", mb=50.0, pushes=3)  # has its own test
+            notes.append(push["line"])
+            _say(push["line"])
         engine_result: dict[str, Any] | None = None
         if plan.engine:
             engine_result = engine_arm.run(work, requests=40)

@@ -6,6 +6,8 @@ RegistryError                  (code)
 ├── AlreadyExists               already_exists
 ├── RevisionConflict            revision_conflict
 ├── InvalidRollout              invalid_rollout
+├── InUse                       in_use (retiring what an alias or a live release still uses)
+├── Retired                     retired (using a retired version or release)
 └── RegistryUnavailable         registry_unavailable (Redis down, frozen or timed out)
 """
 
@@ -41,6 +43,14 @@ class RevisionConflict(RegistryError):
 
 class InvalidRollout(RegistryError):
     code = "invalid_rollout"
+
+
+class InUse(RegistryError):
+    code = "in_use"
+
+
+class Retired(RegistryError):
+    code = "retired"
 
 
 class RegistryUnavailable(RegistryError):

@@ -1,4 +1,5 @@
 """Registry records. Versions and releases are immutable; an alias moves between releases.
+Retiring one (`retired_at`) is the only change a version or release record ever sees.
 
 All records are frozen pydantic models serialised as JSON in Redis. Identifiers are validated by
 `NAME_PATTERN` everywhere they enter the system, so they are safe as Redis key parts, engine adapter
@@ -141,6 +142,7 @@ class AdapterVersion(Record):
     metadata: dict[str, Any] = {}
     created_by: str = "admin"
     created_at: float = 0.0
+    retired_at: float | None = None  # no new release may name it; listed, never deleted here
 
     @property
     def ref(self) -> str:
@@ -171,6 +173,7 @@ class PromptVersion(Record):
     completions: Literal["prefix", "raw", "refuse"] = "prefix"
     created_by: str = "admin"
     created_at: float = 0.0
+    retired_at: float | None = None  # no new release may name it
 
     @property
     def ref(self) -> str:
@@ -199,6 +202,7 @@ class Release(Record):
     eval: dict[str, Any] | None = None
     created_by: str = "admin"
     created_at: float = 0.0
+    retired_at: float | None = None  # no alias may route or roll back to it
 
 
 class Flags(Record):

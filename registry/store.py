@@ -26,6 +26,7 @@ from registry.errors import (
     RevisionConflict,
 )
 from registry.keyspace import last_release_field, seq_field, tenant_field, version_field
+from registry.lifecycle import LifecycleOps
 from registry.models import (
     AdapterVersion,
     Alias,
@@ -40,7 +41,7 @@ from registry.models import (
     Thresholds,
 )
 from registry.redis_edge import text
-from registry.refs import check_name, check_release_id, parse_ref
+from registry.refs import check_name, check_release_id
 from registry.retention_store import RetentionSweeps
 from registry.secrets import hash_key, new_api_key
 from registry.writes import WriteSpec, encode, encode_value, new_marker, template
@@ -71,10 +72,10 @@ def _alias_summary(alias: Alias | None) -> str:
     )
 
 
-class RegistryStore(RetentionSweeps, AccessOps):
+class RegistryStore(RetentionSweeps, AccessOps, LifecycleOps):
     """The registry's operations; reads of the whole state and the audit are RedisEdge's, the
     retention sweep RetentionSweeps' (registry/retention_store.py), principals, key listings and
-    suspension AccessOps's (registry/access.py)."""
+    suspension AccessOps's (registry/access.py), retiring LifecycleOps' (registry/lifecycle.py)."""
 
     # -- tenants --------------------------------------------------------------------------------
 
@@ -331,16 +332,10 @@ class RegistryStore(RetentionSweeps, AccessOps):
         ks = self.keyspace
         spec = WriteSpec()
         self._tenant_exists(spec, tenant_id)
-        for ref, hash_name, what in (
-            (adapter, ks.adapters, "adapter"),
-            (prompt, ks.prompts, "prompt"),
-        ):
-            if ref is not None:
-                name, version = parse_ref(ref)
-                spec.require_present(
-                    hash_name, version_field(tenant_id, name, version),
-                    NotFound(f"{what} {ref!r} of tenant {tenant_id!r} not found"),
-                )  # fmt: skip
+        if adapter is not None:
+            await self.require_live_version(spec, tenant_id, "adapter", adapter)
+        if prompt is not None:
+            await self.require_live_version(spec, tenant_id, "prompt", prompt)
         marker = new_marker()
         now = self._clock()
         draft = Release(
@@ -403,15 +398,6 @@ class RegistryStore(RetentionSweeps, AccessOps):
     async def list_releases(self, tenant_id: str) -> list[Release]:
         return await self._scan_tenant(self.keyspace.releases, tenant_id, Release)
 
-    async def _scan_tenant(self, key: str, tenant_id: str, model: type[R]) -> list[R]:
-        """One tenant's full records of one kind (HSCAN MATCH: only its fields cross the wire)."""
-        check_name(tenant_id, "tenant id")
-        found: list[R] = []
-        async with self._guard():
-            async for _, raw in self._redis.hscan_iter(key, tenant_field(tenant_id, "*"), 1000):
-                found.append(_parse(model, raw))
-        return found
-
     async def page_tenants(self, cursor: int = 0, limit: int = 100) -> tuple[list[Tenant], int]:
         """One page of tenants (HSCAN order, sorted within the page) and the next cursor (0: the
         last page); a page holds about `limit` tenants."""
@@ -462,10 +448,12 @@ class RegistryStore(RetentionSweeps, AccessOps):
             for rid in {r for r in (new.stable, new.canary) if r is not None}:
                 if not rollout.belongs_to(alias, rid):
                     raise InvalidRollout(f"release {rid!r} does not belong to model {alias!r}")
-                spec.require_present(
-                    ks.releases, tenant_field(tenant_id, rid),
+                await self.require_live_release(
+                    spec,
+                    tenant_id,
+                    rid,
                     InvalidRollout(f"unknown release {rid!r} for model {alias!r}"),
-                )  # fmt: skip
+                )
             spec.put(ks.aliases, fld, encode(new))
             await self._write(
                 spec, actor=actor, action=action, tenant=tenant_id, target=alias,

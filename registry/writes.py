@@ -42,6 +42,9 @@ def template(text: str, marker: int) -> str:
 LATER_FIELDS: dict[str, frozenset[str]] = {
     "Tenant": frozenset({"suspended", "weight", "priority"}),
     "ApiKey": frozenset({"expires_at", "aliases", "limits", "secret_id", "revoked_at"}),
+    "AdapterVersion": frozenset({"retired_at"}),
+    "PromptVersion": frozenset({"retired_at"}),
+    "Release": frozenset({"retired_at"}),
 }
 
 

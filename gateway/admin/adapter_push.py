@@ -11,7 +11,9 @@ the client's (`digest_mismatch`), then renamed into `<adapter_store>/sha256/<hex
 addressed: a second push of the same bytes reuses the directory, nothing is overwritten), copied
 to the object store when one is configured, and only then recorded in the registry. A refused,
 oversized or cut-off upload leaves no file and no registry entry. Versions are immutable: each push
-is a new version number of the same content address.
+is a new version number of the same content address. The answer's `server-timing` header splits
+the time: `receive` (the body to disk), `validate` (unpack, checks, digest), `objectstore` (the
+copy to S3), `registry` (the version record), in milliseconds.
 
     GET /admin/v1/tenants/{tenant}/adapters   versions, with the releases and aliases using them
     GET /admin/v1/tenants/{tenant}/prompts    the same for prompt versions
@@ -24,11 +26,12 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 
 from adapters.artifact import ArtifactInfo, check_directory, check_listing, verify_digest
@@ -119,8 +122,9 @@ def _stage(
 
 @router.post("/tenants/{tenant}/adapters/{adapter}/uploads", status_code=201)
 async def push_adapter(
-    tenant: str, adapter: str, request: Request, state: StateDep, actor: ActorDep
-) -> AdapterPushPublic:
+    tenant: str, adapter: str, request: Request, response: Response, state: StateDep,
+    actor: ActorDep,
+) -> AdapterPushPublic:  # fmt: skip
     _name(tenant, "tenant id")
     _name(adapter, "adapter name")
     settings = state.settings
@@ -136,12 +140,16 @@ async def push_adapter(
     incoming.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     tar_path, staging = incoming / f"{token}.tar", incoming / token
+    marks = [("start", time.perf_counter())]
     try:
         await _receive(request, tar_path, settings.max_adapter_bytes + TAR_OVERHEAD)
+        marks.append(("receive", time.perf_counter()))
         info, skipped = await asyncio.to_thread(_stage, settings, tar_path, staging, claimed)
+        marks.append(("validate", time.perf_counter()))
         store = object_store(request, settings)
         if store is not None:
             await asyncio.to_thread(store.put_artifact, info.digest, info.path)
+        marks.append(("objectstore", time.perf_counter()))
     except ClientDisconnect:
         raise ApiError("invalid_request", "The upload was cut off.") from None
     except ArtifactError as exc:
@@ -153,6 +161,10 @@ async def push_adapter(
         shutil.rmtree(staging, ignore_errors=True)
     version = await state.store.register_adapter_version(
         tenant, adapter, info, metadata={"source": "push", "skipped": list(skipped)}, actor=actor
+    )
+    marks.append(("registry", time.perf_counter()))
+    response.headers["server-timing"] = ", ".join(
+        f"{name};dur={(t - marks[i][1]) * 1000:.1f}" for i, (name, t) in enumerate(marks[1:])
     )
     return AdapterPushPublic(**version.model_dump(), skipped=list(skipped))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar
@@ -349,7 +349,7 @@ def audit_export(
 
 def upload_adapter(
     tenant: str, name: str, tar: Iterable[bytes], *, size: int, digest: str
-) -> AdminCall[Any]:
+) -> AdminCall[AdapterPushPublic]:
     """Push an adapter as an uncompressed tar (adapters.push.pack) with the digest of its files;
     the answer is the version record with `ref` and the `skipped` trainer files."""
     headers = {
@@ -371,6 +371,22 @@ def list_prompt_versions(tenant: str) -> AdminCall[list[PromptVersionListedPubli
 
 def list_releases(tenant: str) -> AdminCall[list[ReleaseListedPublic]]:
     return AdminCall("GET", f"/tenants/{tenant}/releases", _models(ReleaseListedPublic))
+
+
+def retire_adapter_version(tenant: str, name: str, version: int) -> AdminCall[AdapterVersionPublic]:
+    """Retire `name@version` (409 in_use while a release that is not retired names it)."""
+    path = f"/tenants/{tenant}/adapters/{name}/versions/{version}/retire"
+    return AdminCall("POST", path, _model(AdapterVersionPublic))
+
+
+def retire_prompt_version(tenant: str, name: str, version: int) -> AdminCall[PromptVersionPublic]:
+    path = f"/tenants/{tenant}/prompts/{name}/versions/{version}/retire"
+    return AdminCall("POST", path, _model(PromptVersionPublic))
+
+
+def retire_release(tenant: str, release: str) -> AdminCall[ReleasePublic]:
+    """Retire a release (409 in_use while its alias has it as stable, canary or last good)."""
+    return AdminCall("POST", f"/tenants/{tenant}/releases/{release}/retire", _model(ReleasePublic))
 
 
 # -- the clients ----------------------------------------------------------------------------------
@@ -477,6 +493,12 @@ class AdminClient(_Connection[httpx.Client]):
         self.close()
 
 
+async def _async_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """An upload body for httpx's async client, which streams only async iterables."""
+    for chunk in chunks:
+        yield chunk
+
+
 class AsyncAdminClient(_Connection[httpx.AsyncClient]):
     """The same on an event loop (for an app served in-process through `transport`)."""
 
@@ -484,9 +506,15 @@ class AsyncAdminClient(_Connection[httpx.AsyncClient]):
 
     async def send(self, call: AdminCall[T]) -> T:
         with _reaching(self.url):
-            response = await self.http.request(
-                call.method, call.path, json=call.body, params=call.params
-            )
+            if call.content is None:
+                response = await self.http.request(
+                    call.method, call.path, json=call.body, params=call.params
+                )
+            else:
+                response = await self.http.request(
+                    call.method, call.path, content=_async_chunks(call.content),
+                    headers=call.headers,
+                )  # fmt: skip
         return _read(call, answer(response, ndjson=call.ndjson))
 
     async def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:

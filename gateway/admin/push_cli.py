@@ -1,4 +1,9 @@
-"""`loragate admin adapters-push TENANT NAME ./dir` and the lifecycle listings.
+"""`loragate admin adapters-push TENANT NAME ./dir`, the lifecycle listings and retiring:
+
+    loragate admin adapters-list TENANT            versions, what uses them, retired_at
+    loragate admin adapters-retire TENANT NAME VERSION
+    loragate admin prompts-retire TENANT NAME VERSION
+    loragate admin releases-retire TENANT RELEASE   (409 in_use names what still uses it)
 
 Push packs the files the engine needs (trainer leftovers skipped and listed on stderr; pickles
 and links refused locally, every one named), computes the digest, streams the tar to
@@ -31,6 +36,14 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         p = add(f"{name}-list", f"a tenant's {what} versions and what uses them", "tenant")
         p.set_defaults(admin_func=run)
     p = add("releases-list", "a tenant's releases and the aliases using them", "tenant")
+    p.set_defaults(admin_func=run)
+    for name, what in (("adapters", "an adapter"), ("prompts", "a prompt")):
+        p = add(f"{name}-retire", f"retire {what} version (refused while in use)", "tenant",
+                "name")  # fmt: skip
+        p.add_argument("version", type=int)
+        p.set_defaults(admin_func=run)
+    p = add("releases-retire", "retire a release (refused while an alias uses it)", "tenant",
+            "release")  # fmt: skip
     p.set_defaults(admin_func=run)
 
 
@@ -68,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(data["ref"])
         return 0
+    if action.endswith("-retire"):
+        return _retire(args, action.removesuffix("-retire"))
     kind = action.removesuffix("-list")
     lists: dict[str, Callable[[str], api.AdminCall[Any]]] = {
         "adapters": api.list_adapter_versions,
@@ -76,9 +91,25 @@ def run(args: argparse.Namespace) -> int:
     }
     data = console.send(args, lists[kind](args.tenant))
     columns = {
-        "adapters": ["ref", "digest", "rank", "size_bytes", "used_by"],
-        "prompts": ["ref", "created_at", "used_by"],
-        "releases": ["id", "alias", "adapter", "prompt", "used_by"],
+        "adapters": ["ref", "digest", "rank", "size_bytes", "retired_at", "used_by"],
+        "prompts": ["ref", "created_at", "retired_at", "used_by"],
+        "releases": ["id", "alias", "adapter", "prompt", "retired_at", "used_by"],
     }[kind]
     console.show(args, data, columns)
+    return 0
+
+
+def _retire(args: argparse.Namespace, kind: str) -> int:
+    call: api.AdminCall[Any]
+    if kind == "adapters":
+        call = api.retire_adapter_version(args.tenant, args.name, args.version)
+    elif kind == "prompts":
+        call = api.retire_prompt_version(args.tenant, args.name, args.version)
+    else:
+        call = api.retire_release(args.tenant, args.release)
+    data = console.send(args, call)
+    if args.json:
+        console.show(args, data)
+    else:
+        print(f"retired {data.get('ref') or data.get('id')}")
     return 0

@@ -6,7 +6,8 @@ Roles are ordered: `viewer` < `operator` < `admin`; each may do what the ones be
 |----------|-----------------------------------------------------------------------------------|
 | viewer   | read tenants, usage, models, versions, releases, keys (never key material), audit |
 | operator | + register/push adapters and prompts, create releases, canary, promote, eval,     |
-|          |   rollback, flags (kill switch, auto-rollback, priority)                          |
+|          |   rollback, flags (kill switch, auto-rollback, priority), retire versions and     |
+|          |   releases                                                                        |
 | admin    | + tenants (create, limits, scheduling, suspend/resume), keys (issue, revoke)      |
 | admin, all tenants | + principals (create, list, revoke), HMAC secret ids                     |
 
@@ -47,6 +48,9 @@ ROUTE_ROLES: dict[str, Role | str] = {
     "run_eval": "operator",
     "rollback": "operator",
     "put_flags": "operator",
+    "retire_adapter_version": "operator",
+    "retire_prompt_version": "operator",
+    "retire_release": "operator",
     # tenants and keys
     "patch_tenant": "admin",
     "issue_key": "admin",

@@ -342,6 +342,7 @@ class PromptVersionListedPublic(Public):
     version: int
     ref: str
     created_at: float
+    retired_at: float | None = None
     used_by: list[ReleaseUserPublic]
 
 

@@ -43,6 +43,7 @@ from adapters.errors import (
     PoolOverloaded,
     QueueLimited,
 )
+from adapters.objectstore import DIGEST_RE
 from gateway.engines.discovery import Discovery, Endpoint, StaticDiscovery
 from gateway.engines.engine_api import EngineApi, HttpEngineApi
 from gateway.engines.fairqueue import FairQueue, Flow, TenantQueueFull
@@ -74,6 +75,10 @@ class PoolConfig:
     unload_grace_s: float = 900.0  # an adapter no release references is unloaded after this
     sweep_interval_s: float = 30.0
     verify_artifacts: bool = True  # re-check the digest before each load (off: simulations)
+    # The engines fetch content-addressed artifacts (`sha256/<hex>`) from the object store and
+    # check the digest on their own node (adapters/vllm_resolver.py): the gateway's own copy is
+    # not what they read, and a gateway the push did not reach has none.
+    engines_fetch: bool = False
 
 
 @dataclass
@@ -494,7 +499,7 @@ class EnginePool:
         async with lock:
             if name in replica.resident:
                 return
-            if self.config.verify_artifacts:
+            if self.config.verify_artifacts and not self._engine_checks(adapter):
                 local = self.config.adapter_store / adapter.path
                 await asyncio.to_thread(verify_digest, local, adapter.digest)
             engine_path = str(self.config.engine_adapter_root / adapter.path)
@@ -511,6 +516,11 @@ class EnginePool:
         # Resident now: later callers return before the lock, so it need not outlive the load
         # (one lock per adapter ever seen would grow with the tenant count).
         replica.locks.pop(name, None)
+
+    def _engine_checks(self, adapter: AnyAdapter) -> bool:
+        """Whether the engine fetches this artifact by digest and checks it where it reads it."""
+        m = DIGEST_RE.fullmatch(adapter.digest)
+        return self.config.engines_fetch and m is not None and adapter.path == f"sha256/{m[1]}"
 
     async def preload(self, adapter: AnyAdapter) -> None:
         """Load an adapter on its replica before its release takes traffic."""

@@ -27,6 +27,8 @@ REQUIRED_ENV = {
     "LORAGATE_KEY_HMAC_SECRET": "k",
     "GRAFANA_ADMIN_PASSWORD": "g",
     "LORAGATE_ENGINE_API_KEY": "e",
+    "S3_ACCESS_KEY": "s3a",
+    "S3_SECRET_KEY": "s3s",
 }
 YAMLLINT = YamlLintConfig(
     "extends: default\n"
@@ -61,13 +63,14 @@ def test_compose_is_valid_and_complete() -> None:
     services = _compose()["services"]
     assert set(services) == {
         "gateway", "base-adapter", "vllm", "vllm-cpu", "redis", "prometheus", "alertmanager",
-        "grafana",
+        "grafana", "objectstore", "objectstore-bucket",
     }  # fmt: skip
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
         image = service["image"]
-        assert re.search(r":v?\d+\.\d+\.\d+$", image), f"{name}: exact tag wanted, got {image}"
+        exact = r":v?\d+\.\d+\.\d+$|:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ$"  # MinIO's
+        assert re.search(exact, image), f"{name}: exact tag wanted, got {image}"
 
 
 def test_compose_refuses_to_start_without_secrets() -> None:
@@ -83,18 +86,21 @@ def test_compose_keeps_engines_and_redis_private() -> None:
     for name in ("vllm", "vllm-cpu", "redis"):
         assert "ports" not in services[name]
     # Prometheus reaches the engines for /metrics; their /v1 routes need the engine API key.
-    layout: list[tuple[set[str], str, set[str]]] = [
-        ({"vllm", "vllm-cpu"}, "engines", {"gateway", "prometheus"}),
-        ({"redis"}, "data", {"gateway"}),
+    # The engines also reach the object store (their plugin fetches adapters), nothing else there.
+    store = {"objectstore", "objectstore-bucket"}
+    layout: list[tuple[set[str], str, set[str], set[str]]] = [
+        ({"vllm", "vllm-cpu"}, "engines", {"gateway", "prometheus"}, store),
+        ({"redis"}, "data", {"gateway"}, set()),
+        (store, "objects", {"gateway", "vllm", "vllm-cpu"}, set()),
     ]
-    for private, owner, peers in layout:
+    for private, owner, peers, reached in layout:
         assert networks[owner]["internal"] is True
         sharing = {n for n, s in services.items() if owner in s.get("networks", [])}
         assert sharing == private | peers, f"{owner} network: {sharing}"
         for name in private:
             for network in services[name]["networks"]:
                 others = {n for n, s in services.items() if network in s.get("networks", [])}
-                assert others <= private | peers, f"{name} reachable via {network}"
+                assert others <= private | peers | reached, f"{name} reachable via {network}"
     assert services["base-adapter"]["network_mode"] == "none"
     for service in ("prometheus", "alertmanager", "grafana"):
         assert all(p.startswith("127.0.0.1:") for p in services[service]["ports"])
@@ -171,6 +177,26 @@ def test_dockerfile_lints_clean(name: str) -> None:
     assert ignore[next(i for i, line in enumerate(ignore) if not line.startswith("#"))] == "*"
 
 
+def test_gpu_engine_image_is_the_official_one_plus_the_plugin() -> None:
+    """deploy/engine-gpu.Dockerfile: vLLM's own image at an exact tag (its user and pins kept),
+    loragate installed without dependencies, boto3 pinned as in pyproject."""
+    name = "engine-gpu.Dockerfile"
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint), "--failure-threshold", "warning", str(DEPLOY / name)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (DEPLOY / name).read_text()
+    assert re.search(r"^FROM vllm/vllm-openai:v\d+\.\d+\.\d+$", text, re.M)
+    assert "pip install --no-deps ." in text
+    pin = re.search(r'"(boto3==[^"]+)"', (DEPLOY.parent / "pyproject.toml").read_text())
+    assert pin is not None
+    assert pin[1] in text
+    ignore = (DEPLOY / f"{name}.dockerignore").read_text().splitlines()
+    assert ignore[next(i for i, line in enumerate(ignore) if not line.startswith("#"))] == "*"
+
+
 def test_gateway_image_installs_serving_deps_only() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     installs = re.findall(r"pip install ([^\n\\&]+)", text)
@@ -200,3 +226,21 @@ def test_readme_documents_every_secret_key(rendered: Rendered) -> None:
         assert f"--from-literal={key}=" in readme, key
     for variable in REQUIRED_ENV:
         assert f"{variable}=" in readme, variable
+
+
+def test_compose_shares_no_adapter_directory_between_gateway_and_engines() -> None:
+    """Adapters reach the engine through the object store only: the gateway's store and the
+    engine's cache are different volumes, and both know the same bucket."""
+    services = _compose()["services"]
+    gateway = services["gateway"]
+    gateway_sources = {v.split(":", 1)[0] for v in gateway["volumes"]}
+    for name in ("vllm", "vllm-cpu"):
+        engine = services[name]
+        sources = {v.split(":", 1)[0] for v in engine["volumes"]}
+        assert not (sources & gateway_sources), name
+        env = {k: str(v) for k, v in engine["environment"].items()}
+        assert env["LORAGATE_ENGINE_CACHE_DIR"] == "/adapters"
+        for key in ("LORAGATE_S3_ENDPOINT_URL", "LORAGATE_S3_BUCKET", "AWS_ACCESS_KEY_ID"):
+            assert env[key] == str(gateway["environment"][key]), (name, key)
+        assert "objects" in engine["networks"]
+    assert gateway["environment"]["LORAGATE_ENGINE_ADAPTER_ROOT"] == "/adapters"

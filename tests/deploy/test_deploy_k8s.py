@@ -34,6 +34,7 @@ CRD_KINDS = {
 DOCUMENTED_SECRETS = {
     "loragate-secrets": {"admin-token", "key-hmac-secret", "redis-password", "engine-api-key"},
     "loragate-hf": {"token"},
+    "loragate-s3": {"access-key-id", "secret-access-key"},
 }
 
 
@@ -66,7 +67,6 @@ def test_overlay_has_the_whole_stack(rendered: Rendered, name: str) -> None:
         ("StatefulSet", "redis"),
         ("Service", "redis"),
         ("NetworkPolicy", "redis-only-from-gateway"),
-        ("PersistentVolumeClaim", "loragate-adapters"),
     ]:
         assert expected in kinds, f"{name} lacks {expected}"
     assert not rendered.all(name, "Secret"), "secret values must not be committed"
@@ -267,7 +267,9 @@ def test_gpu_engines_get_a_gpu_each(rendered: Rendered) -> None:
     sts = rendered.one("gpu", "StatefulSet", "vllm")
     assert sts["spec"]["replicas"] >= 2
     (container,) = sts["spec"]["template"]["spec"]["containers"]
-    assert container["image"].startswith("vllm/vllm-openai:v")
+    assert container["image"].startswith("loragate/vllm:")  # vllm/vllm-openai + the plugin
+    dockerfile = (DEPLOY / "engine-gpu.Dockerfile").read_text()
+    assert f"FROM vllm/vllm-openai:v{container['image'].rsplit(':', 1)[1]}" in dockerfile
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
@@ -343,3 +345,33 @@ def test_dashboards_config_map_is_in_grafanas_namespace(rendered: Rendered) -> N
     assert sorted(dashboards["data"]) == sorted(
         p.name for p in (DEPLOY / "grafana" / "dashboards").glob("*.json")
     )
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_no_volume_is_shared_and_engines_fetch_from_the_bucket(
+    rendered: Rendered, name: str
+) -> None:
+    """No ReadWriteMany, no PersistentVolumeClaim outside Redis's own: gateways and engines each
+    keep adapters in an emptyDir; the engines' plugin reads the gateways' object store settings."""
+    objects = rendered.objects(name)
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    assert "ReadWriteMany" not in json.dumps(objects)
+    gateway = rendered.one(name, "Deployment", "loragate-gateway")["spec"]["template"]["spec"]
+    engine = rendered.one(name, "StatefulSet", "vllm")["spec"]["template"]["spec"]
+    for pod in (gateway, engine):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (mount,) = [
+            m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/adapters"
+        ]
+        assert "emptyDir" in volumes[mount["name"]]
+        assert not mount.get("readOnly", False)
+    gateway_env = container_env(rendered, name, gateway["containers"][0])
+    engine_env = container_env(rendered, name, engine["containers"][0])
+    assert engine_env["LORAGATE_ENGINE_CACHE_DIR"] == gateway_env["LORAGATE_ENGINE_ADAPTER_ROOT"]
+    assert gateway_env["LORAGATE_S3_BUCKET"]
+    for key in ("LORAGATE_S3_ENDPOINT_URL", "LORAGATE_S3_BUCKET", "LORAGATE_S3_PREFIX",
+                "LORAGATE_S3_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # fmt: skip
+        assert engine_env[key] == gateway_env[key], key
+    (init,) = engine["initContainers"]
+    assert init["name"] == "base-adapter"
+    assert init["args"] == gateway["initContainers"][0]["args"]  # the same zero adapter bytes

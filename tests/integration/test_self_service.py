@@ -90,6 +90,23 @@ def test_scoped_operator_runs_its_release_cycle_with_the_cli(
                          "-o", "json")  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["canary"] is None
+    # retiring, on a third gateway: what an alias still uses is refused, naming it
+    on_c = ["--url", gw_c.url, "--token-file", str(token_file)]
+    code, out, err = run(capsys, "admin", "releases-retire", "acme", "chat-r2", *on_c)
+    assert (code, out.strip()) == (0, "retired chat-r2"), err
+    code, out, err = run(capsys, "admin", "prompts-retire", "acme", "main", "2", *on_c)
+    assert (code, out.strip()) == (0, "retired main@2"), err
+    code, _, err = run(capsys, "admin", "releases-retire", "acme", "chat-r1", *on_c)
+    assert code == 2
+    assert "409 in_use" in err
+    assert "stable" in err
+    code, _, err = run(capsys, "admin", "adapters-retire", "acme", "lora", "1", *on_c)
+    assert code == 2
+    assert "409 in_use" in err
+    assert "chat-r1" in err
+    code, out, _ = run(capsys, "admin", "releases-list", "acme", "--json", *ops)
+    retired = {r["id"]: r["retired_at"] is not None for r in json.loads(out)}
+    assert retired == {"chat-r1": False, "chat-r2": True}
     # another tenant is unknown to it, and admin work is not its to do
     code, _, err = run(capsys, "admin", "models-list", "other", *ops)
     assert code == 2
@@ -104,7 +121,8 @@ def test_scoped_operator_runs_its_release_cycle_with_the_cli(
     mine = [e for e in json.loads(out) if e["action"] != "create_tenant"]
     assert {e["actor"] for e in mine} == {"acme-ops"}
     assert {e["action"] for e in mine} >= {"register_adapter_version", "register_prompt_version",
-                                           "create_release", "canary", "rollback"}  # fmt: skip
+                                           "create_release", "canary", "rollback",
+                                           "retire_release", "retire_prompt_version"}  # fmt: skip
     assert run(capsys, "admin", "audit", "--verify", *ops)[0] == 0
     # the whole chain holds, then an entry edited by hand breaks it where it was edited
     code, out, err = run(capsys, "admin", "audit", "--verify", *boot)

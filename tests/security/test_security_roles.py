@@ -35,6 +35,8 @@ EXPECTED: dict[str, str] = {
     "register_adapter": "operator", "push_adapter": "operator", "register_prompt": "operator",
     "create_release": "operator", "canary": "operator", "promote": "operator",
     "run_eval": "operator", "rollback": "operator", "put_flags": "operator",
+    "retire_adapter_version": "operator", "retire_prompt_version": "operator",
+    "retire_release": "operator",
     "patch_tenant": "admin", "issue_key": "admin", "revoke_key": "admin",
     "suspend_tenant": "admin", "resume_tenant": "admin",
     "create_tenant": "global", "create_principal": "global", "list_principals": "global",

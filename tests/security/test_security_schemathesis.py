@@ -64,7 +64,7 @@ CHECKS = (
     "unsupported_method",
     "allow_header_conformance",
 )
-OPERATIONS = 35  # 4 tenant + 31 admin
+OPERATIONS = 38  # 4 tenant + 34 admin
 # Admin cases take their bearer in turn from these identities (one per case, the same number of
 # cases as with one token): every role, a scoped operator and OIDC tokens each see every admin
 # operation, and their 403s and scoped 404s must be documented like everything else.

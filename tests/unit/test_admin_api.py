@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
 from gateway.admin import access_routes as access_api
-from gateway.admin import adapter_push
+from gateway.admin import adapter_push, retire_routes
 from gateway.admin import client as api
 from gateway.admin import routes as admin_api
 from gateway.app import create_app
@@ -43,6 +43,9 @@ CALLS: list[api.AdminCall[Any]] = [
     api.list_adapter_versions("acme"),
     api.list_prompt_versions("acme"),
     api.list_releases("acme"),
+    api.retire_adapter_version("acme", "lora", 1),
+    api.retire_prompt_version("acme", "main", 1),
+    api.retire_release("acme", "chat-r1"),
     api.audit_export("1-0", 10, "acme"),
     api.list_keys("acme"),
     api.suspend_tenant("acme"),
@@ -63,7 +66,10 @@ NOT_PUBLIC = {"/audit/export", "/tenants/{tenant}/adapters/{adapter}/uploads",
 
 def _routes() -> set[tuple[str, str]]:
     out = set()
-    for route in (*admin_api.router.routes, *adapter_push.router.routes, *access_api.router.routes):
+    for route in (
+        *admin_api.router.routes, *adapter_push.router.routes, *access_api.router.routes,
+        *retire_routes.router.routes,
+    ):  # fmt: skip
         assert isinstance(route, APIRoute)
         pattern = re.sub(r"\{[^}]+\}", "[^/]+", route.path.removeprefix(api.PREFIX))
         out |= {(method, pattern) for method in route.methods or ()}
