@@ -7,9 +7,10 @@
 
 The body goes to a file under `<adapter_store>/.incoming/` counted against the cap (413
 `payload_too_large`), is unpacked and validated there, its digest recomputed and compared with
-the client's (`digest_mismatch`), then renamed into `<adapter_store>/sha256/<hex>` (content
-addressed: a second push of the same bytes reuses the directory, nothing is overwritten), copied
-to the object store when one is configured, and only then recorded in the registry. A refused,
+the client's (`digest_mismatch`), then either copied to the object store (when one is configured:
+the engines fetch by digest, and the gateway keeps no copy) or renamed into
+`<adapter_store>/sha256/<hex>` (content addressed: a second push of the same bytes reuses the
+directory, nothing is overwritten), and only then recorded in the registry. A refused,
 oversized or cut-off upload leaves no file and no registry entry. Versions are immutable: each push
 is a new version number of the same content address. The answer's `server-timing` header splits
 the time: `receive` (the body to disk), `validate` (unpack, checks, digest), `objectstore` (the
@@ -88,9 +89,12 @@ async def _receive(request: Request, path: Path, cap: int) -> None:
 
 
 def _stage(
-    settings: Settings, tar_path: Path, staging: Path, claimed: str
+    settings: Settings, tar_path: Path, staging: Path, claimed: str, *, keep: bool
 ) -> tuple[ArtifactInfo, tuple[str, ...]]:
-    """Blocking: unpack, validate and place the artifact; returns it and the skipped names."""
+    """Blocking: unpack and validate the artifact, and with `keep` place it in the local store;
+    returns it and the skipped names. Without `keep` (an object store holds artifacts) it stays
+    in `staging` for the upload and is removed after it: the engines fetch by digest, so a
+    gateway keeps no copy that would only fill its disk."""
     skipped = unpack(tar_path, staging, max_bytes=settings.max_adapter_bytes)
     relpath = digest_relpath(claimed)
     info = check_directory(
@@ -108,6 +112,8 @@ def _stage(
             f"the upload's digest is {info.digest}, not the {claimed} it was sent with",
             code="digest_mismatch",
         )
+    if not keep:
+        return dataclasses.replace(info, path=staging), skipped
     final = settings.adapter_store / relpath
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -144,9 +150,11 @@ async def push_adapter(
     try:
         await _receive(request, tar_path, settings.max_adapter_bytes + TAR_OVERHEAD)
         marks.append(("receive", time.perf_counter()))
-        info, skipped = await asyncio.to_thread(_stage, settings, tar_path, staging, claimed)
-        marks.append(("validate", time.perf_counter()))
         store = object_store(request, settings)
+        info, skipped = await asyncio.to_thread(
+            _stage, settings, tar_path, staging, claimed, keep=store is None
+        )
+        marks.append(("validate", time.perf_counter()))
         if store is not None:
             await asyncio.to_thread(store.put_artifact, info.digest, info.path)
         marks.append(("objectstore", time.perf_counter()))
