@@ -104,6 +104,8 @@ class OtlpSink:
                 body = self.rfile.read(length)
                 if self.path != "/v1/traces":
                     return self._answer(404, b"", "text/plain")
+                if self.headers.get_content_type() != "application/x-protobuf":
+                    return self._answer(415, b"", "text/plain")  # OTLP/JSON is not spoken here
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
                 try:
