@@ -75,6 +75,11 @@ class EngineProcess:
     # work without one. `pythonic` needs no special tokens, so it starts on any chat model (the
     # tiny test model, SmolLM2); None leaves automatic tool choice off (vLLM answers it 400).
     tool_call_parser: str | None = "pythonic"
+    # `--enable-log-requests`: vLLM logs "Received request chatcmpl-<x-request-id>: params: ...,
+    # lora_request: ..." at INFO, so its log carries the id the client got from the gateway. The
+    # prompt is logged only at DEBUG, and `--max-log-len 0` cuts it to nothing even there; the
+    # sampling parameters (stop strings, a structured-output schema) are in the INFO line.
+    log_requests: bool = False
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
     # The engine refuses /v1/* without `Authorization: Bearer <api_key>` (vLLM's --api-key, given
@@ -116,6 +121,7 @@ class EngineProcess:
                 ("--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser)
                 if self.tool_call_parser else ()
             ),
+            *(("--enable-log-requests", "--max-log-len", "0") if self.log_requests else ()),
             *self.extra_args,
         ]  # fmt: skip
 

