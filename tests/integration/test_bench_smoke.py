@@ -93,7 +93,7 @@ def test_tracing_arm_exported_spans_and_is_reported_next_to_tracing_off(smoke_re
     assert totals["exports"] > 0
     assert totals["spans_per_request"] >= 8
     modes = {(r["mode"], r["runs"]) for r in doc["tracing_rows"]}
-    assert modes == {("open", 1), ("closed", 1), ("sse", 1)}
+    assert modes == {("open", 1), ("closed", 1), ("sse", 1), ("steady", 1)}
     for row in doc["tracing_rows"]:
         assert row["off_throughput_rps"] > 0
         assert row["on_throughput_rps"] > 0
