@@ -36,7 +36,8 @@ from gateway.admin import access_routes as access_api
 from gateway.admin import adapter_push, keyuse, retire_routes
 from gateway.admin import routes as admin_api
 from gateway.engines.discovery import discovery_from
-from gateway.engines.pool import EnginePool, PoolConfig
+from gateway.engines.pool import EnginePool
+from gateway.engines.replica import PoolConfig
 from gateway.engines.residency import referenced_engine_names
 from gateway.engines.upstream import Upstream
 from gateway.errors import ApiError, from_domain

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.engines.load import EngineLoad
-from gateway.engines.pool import EnginePool, Lease, PoolConfig
+from gateway.engines.pool import EnginePool
+from gateway.engines.replica import Lease, PoolConfig
 from registry.models import AdapterVersion
 
 

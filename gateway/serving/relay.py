@@ -29,7 +29,8 @@ from adapters.errors import (
     EngineUnavailable,
     NoReplicaAvailable,
 )
-from gateway.engines.pool import SYSTEM_FLOW, EnginePool, Lease
+from gateway.engines.pool import SYSTEM_FLOW, EnginePool
+from gateway.engines.replica import Lease
 from gateway.engines.upstream import Upstream, UpstreamError, UpstreamFailed, open_chat
 from gateway.errors import ApiError
 from gateway.observability.metrics import GatewayMetrics

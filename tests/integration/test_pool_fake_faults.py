@@ -12,7 +12,8 @@ import aiohttp
 import httpx
 import pytest
 
-from gateway.engines.pool import EnginePool, PoolConfig
+from gateway.engines.pool import EnginePool
+from gateway.engines.replica import PoolConfig
 from tests.fixtures.fake_engine import FakeEngineFactory, Step
 from tests.fixtures.gateway import GatewayFactory
 from tests.fixtures.models import TinyModels

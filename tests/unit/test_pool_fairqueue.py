@@ -15,7 +15,8 @@ import pytest
 
 from adapters.errors import EngineError, QueueLimited
 from gateway.engines.fairqueue import Flow
-from gateway.engines.pool import EnginePool, Lease, PoolConfig
+from gateway.engines.pool import EnginePool
+from gateway.engines.replica import Lease, PoolConfig
 from gateway.errors import from_domain
 
 
