@@ -9,14 +9,16 @@ own benchmark reports as output throughput. Requests per second would not do: a 
 holds its sequence slot for QUIET_TOKENS steps where a flood request holds it for one, so the
 flood's request rate drops by the slot the quiet tenant is entitled to while the engine does as
 much work as before. The gateway's slot cap equals the engine's `--max-num-seqs`, so the
-queue is at the gateway, where the fair queue orders it (with issue 14, the cap comes from the
-engine's reported load).
+queue is at the gateway, where the fair queue orders it.
 
 Priority: on the same engine (`--scheduling-policy priority`) behind a gateway whose cap is above
-the engine's batch, so requests queue inside vLLM: batch-class streams fill the engine, then one
-interactive-class stream is sent; its first token must come before the first token of every batch
-stream still waiting in the engine when it arrived (the gateway passed `priority` to vLLM; the
-tenant never sent one).
+the engine's batch, so requests queue inside vLLM: SEQS long batch-class streams take every engine
+sequence (each has answered), SEQS short ones follow (the gateway has handed them to the engine),
+then one interactive-class stream is sent; its first token must come before the first token of
+every batch stream waiting in the engine when it arrived (the gateway passed `priority` to vLLM;
+the tenant never sent one). That no engine sequence freed up before it was sent is checked after
+the fact from the streams' own times, not by polling the engine, whose /metrics answers slowly
+while it streams on a busy 2-core box.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import openai
@@ -150,51 +152,49 @@ async def _generated(engine_url: str) -> float:
     return await asyncio.to_thread(metric_sum, engine_url, "vllm:generation_tokens_total")
 
 
-async def _first_token_at(
-    client: httpx.AsyncClient,
-    key: str,
-    alias: str,
-    max_tokens: int,
-    sent: dict[str, float],
-    name: str,
-) -> float:
-    """Send a stream; return when its first payload arrived (the engine scheduled it)."""
-    body = chat_body(alias, stream=True, max_tokens=max_tokens)
-    sent[name] = time.monotonic()
-    first = 0.0
-    async with client.stream("POST", "/v1/chat/completions", json=body, headers=auth(key)) as r:
-        assert r.status_code == 200, await r.aread()
-        async for line in r.aiter_lines():
-            if line.startswith("data: ") and not first:
-                first = time.monotonic()
-            if line == "data: [DONE]":
-                break
-    assert first
-    return first
+class Streams:
+    """Streams sent through the gateway, with when each was sent, first answered (the engine
+    scheduled it) and ended, on the test's monotonic clock."""
 
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.sent: dict[str, float] = {}
+        self.first: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
 
-def _engine_queue(url: str) -> tuple[float, float]:
-    return metric_sum(url, "vllm:num_requests_running"), metric_sum(
-        url, "vllm:num_requests_waiting"
-    )
+    def send(self, name: str, key: str, alias: str, max_tokens: int) -> None:
+        self.tasks[name] = asyncio.create_task(self._run(name, key, alias, max_tokens))
 
+    async def _run(self, name: str, key: str, alias: str, max_tokens: int) -> None:
+        body = chat_body(alias, stream=True, max_tokens=max_tokens)
+        self.sent[name] = time.monotonic()
+        post = self.client.stream("POST", "/v1/chat/completions", json=body, headers=auth(key))
+        async with post as r:
+            assert r.status_code == 200, await r.aread()
+            async for line in r.aiter_lines():
+                if line.startswith("data: ") and name not in self.first:
+                    self.first[name] = time.monotonic()
+                if line == "data: [DONE]":
+                    break
+        assert name in self.first
+        self.ended[name] = time.monotonic()
 
-async def _engine_reaches(
-    url: str, queue: tuple[int, int], streams: list[asyncio.Task[float]], within_s: float = 240
-) -> None:
-    """Poll the engine's own (running, waiting) until it is `queue`; fail at once, saying why,
-    when a stream ended first (the scenario did not build up), and after `within_s`."""
-    seen = (-1.0, -1.0)
-    try:
-        async with asyncio.timeout(within_s):
-            while (seen := await asyncio.to_thread(_engine_queue, url)) != queue:
-                ended = [t for t in streams if t.done()]
-                for task in ended:
-                    task.result()  # a failed stream raises its own error here
-                assert not ended, f"{len(ended)} stream(s) ended while the engine was at {seen}"
-                await asyncio.sleep(0.05)  # poll interval of a bounded wait
-    except TimeoutError:
-        raise AssertionError(f"engine (running, waiting) {seen}, expected {queue}") from None
+    async def until(self, what: str, done: Callable[[], bool], within_s: float = 240) -> None:
+        """Poll `done` off the loop (a bounded wait); fail at once when a stream failed."""
+        try:
+            async with asyncio.timeout(within_s):
+                while not await asyncio.to_thread(done):
+                    for task in self.tasks.values():
+                        if task.done():
+                            task.result()  # a failed stream raises its own error here
+                    await asyncio.sleep(0.05)  # poll interval of a bounded wait
+        except TimeoutError:
+            raise AssertionError(f"streams not {what} after {within_s} s") from None
+
+    async def finish(self) -> None:
+        async with asyncio.timeout(600):
+            await asyncio.gather(*self.tasks.values())
 
 
 async def test_r13_interactive_request_starts_before_earlier_batch_ones_in_the_engine(
@@ -209,36 +209,33 @@ async def test_r13_interactive_request_starts_before_earlier_batch_ones_in_the_e
     assert gw.call("PATCH", "/tenants/bulk", {"priority": "batch"})["priority"] == "batch"
     gw.call("PATCH", "/tenants/urgent", {"priority": "interactive"})
     gw.wait_ready()
-    url = priority_engine.url
-    sent: dict[str, float] = {}
+    runs, waits = [f"run{i}" for i in range(SEQS)], [f"wait{i}" for i in range(SEQS)]
     async with httpx.AsyncClient(base_url=gw.url, timeout=300) as client:
-        # The engine's SEQS sequences: long batch streams of different lengths, so that one
-        # sequence frees up at a time.
-        running = [
-            asyncio.create_task(
-                _first_token_at(client, bulk.api_key, bulk.alias, 64 * (i + 1), sent, f"run{i}")
-            )
-            for i in range(SEQS)
-        ]
-        await _engine_reaches(url, (SEQS, 0), running)
-        waiting = [
-            asyncio.create_task(
-                _first_token_at(client, bulk.api_key, bulk.alias, 8, sent, f"wait{i}")
-            )
-            for i in range(SEQS)
-        ]
-        await _engine_reaches(url, (SEQS, SEQS), running + waiting)
-        urgent_first = await _first_token_at(
-            client, urgent.api_key, urgent.alias, 8, sent, "urgent"
+        streams = Streams(client)
+        # The engine's SEQS sequences: batch streams of different lengths (96 steps apart), so
+        # that one sequence frees up at a time, and long (hundreds of engine steps).
+        for i, name in enumerate(runs):
+            streams.send(name, bulk.api_key, bulk.alias, 192 + 96 * i)
+        await streams.until("running", lambda: all(n in streams.first for n in runs))
+        # SEQS short batch streams, which the engine must queue: its sequences are all taken.
+        for name in waits:
+            streams.send(name, bulk.api_key, bulk.alias, 8)
+        # The gateway has handed them to the engine (its cap is above the engine's batch).
+        await streams.until(
+            "queued",
+            lambda: metric_sum(gw.url, "loragate_engine_in_flight") == 2 * SEQS,
         )
-        async with asyncio.timeout(600):
-            waiting_first = await asyncio.gather(*waiting)
-            await asyncio.gather(*running)
-    lead = min(waiting_first) - urgent_first
+        streams.send("urgent", urgent.api_key, urgent.alias, 8)
+        await streams.finish()
+    sent, first, ended = streams.sent, streams.first, streams.ended
+    # The scenario held: no engine sequence freed up before the interactive request was sent,
+    # so it and the batch streams sent before it were all waiting in the engine.
+    assert min(ended[n] for n in runs) > sent["urgent"], "a running stream ended too early"
+    lead = min(first[n] for n in waits) - first["urgent"]
     print(
         f"FIGURE R13 priority: interactive stream sent after {SEQS} waiting batch streams started "
         f"{lead * 1000:.0f} ms before the first of them (first token "
-        f"{(urgent_first - sent['urgent']) * 1000:.0f} ms after sending)"
+        f"{(first['urgent'] - sent['urgent']) * 1000:.0f} ms after sending)"
     )
-    assert all(sent[f"wait{i}"] < sent["urgent"] for i in range(SEQS))
-    assert urgent_first < min(waiting_first)
+    assert all(sent[n] < sent["urgent"] for n in waits)
+    assert first["urgent"] < min(first[n] for n in waits)
