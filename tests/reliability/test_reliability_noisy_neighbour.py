@@ -38,7 +38,9 @@ from tests.fixtures.engine import EngineFactory
 from tests.fixtures.gateway import GatewayFactory
 from tests.fixtures.traffic import auth, chat_body, metric, metric_sum, wait_for
 
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
+# In make test-long: the quiet tenant's P50 ratio moves between 1.4x and 4.75x with the box's
+# load (see the README's R13 row), so the 3x bound is not a check make test can keep flake-free.
+pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(900)]
 
 SEQS = 4  # engine --max-num-seqs, and the noisy-neighbour gateway's slot cap
 FLOOD = 32  # flood requests kept in flight
