@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -57,6 +58,7 @@ from registry.limits import (
     Period,
     Quota,
     Remaining,
+    Settlement,
     period_window,
 )
 from registry.models import Limits
@@ -65,6 +67,7 @@ log = logging.getLogger("loragate.limits")
 
 Mode = Literal["none", "remote", "local"]
 MAX_PENDING = 100_000
+REPLAY_BATCH = 256
 
 
 @dataclass(eq=False)
@@ -90,6 +93,10 @@ class _Pending:
     tokens: int
     cost: float
     local_cost: float  # spend to take off the degraded counter once Redis has it
+
+    @property
+    def settlement(self) -> Settlement:
+        return Settlement(self.scope, self.period, self.request_id, self.tokens, self.cost)
 
 
 class Limiter:
@@ -123,6 +130,8 @@ class Limiter:
         self._held: dict[str, Reservation] = {}
         self._pending: deque[_Pending] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._outbox: list[_Pending] = []  # settlements of this tick, not sent yet
+        self._flusher: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -309,33 +318,45 @@ class Limiter:
         return self._schedule(pending)
 
     def _schedule(self, pending: _Pending) -> asyncio.Task[None] | None:
-        """Always try: freeing a slot in Redis matters more than one background timeout."""
-        try:
-            task = asyncio.get_running_loop().create_task(self._settle_remote(pending))
-        except RuntimeError:  # no running loop (interpreter shutdown): replay later
-            self._queue(pending)
-            return None
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        """Always try: freeing a slot in Redis matters more than one background timeout. The
+        settlements of one event-loop tick go out together (one task, one round trip); the task
+        returned is the one carrying this settlement."""
+        if self._flusher is None:
+            try:
+                task = asyncio.get_running_loop().create_task(self._flush(), name="limits-settle")
+            except RuntimeError:  # no running loop (interpreter shutdown): replay later
+                self._queue(pending)
+                return None
+            self._flusher = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._outbox.append(pending)
+        return self._flusher
 
     def release(self, handle: Reservation) -> asyncio.Task[None] | None:
         """Free a request that produced nothing billable (failure before the engine, cancellation
         before any usage is known). Idempotent, synchronous, safe in `finally`."""
         return self.settle(handle, 0, 0, 0.0)
 
-    async def _settle_remote(self, pending: _Pending) -> None:
+    async def _flush(self) -> None:
+        # First step of the task: one loop iteration after the first settlement of the tick.
+        batch, self._outbox = self._outbox, []
+        self._flusher = None
         try:
-            await self._store.settle(
-                pending.scope,
-                pending.period,
-                pending.request_id,
-                tokens=pending.tokens,
-                cost=pending.cost,
-            )
+            results = await self._store.settle_many([p.settlement for p in batch])
         except LimitsUnavailable as exc:
             self._mark_down(exc)
-            self._queue(pending)
+            for pending in batch:
+                self._queue(pending)
+            return
+        except BaseException:  # cancelled (shutdown): Redis may or may not have them; replayable
+            for pending in batch:
+                self._queue(pending)
+            raise
+        for pending, result in zip(batch, results, strict=True):
+            if isinstance(result, LimitsUnavailable):
+                self._mark_down(result)
+                self._queue(pending)
 
     def _queue(self, pending: _Pending) -> None:
         if len(self._pending) >= MAX_PENDING:
@@ -344,28 +365,30 @@ class Limiter:
         self._pending.append(pending)
 
     async def reconcile(self) -> int:
-        """Replay the queued settlements while Redis answers; returns how many went through."""
+        """Replay the queued settlements while Redis answers, in order and `REPLAY_BATCH` per
+        round trip; returns how many went through."""
         done = 0
         while self._pending:
-            pending = self._pending[0]
+            chunk = list(itertools.islice(self._pending, REPLAY_BATCH))
             try:
-                await self._store.settle(
-                    pending.scope,
-                    pending.period,
-                    pending.request_id,
-                    tokens=pending.tokens,
-                    cost=pending.cost,
-                )
+                results = await self._store.settle_many([p.settlement for p in chunk])
             except LimitsUnavailable:
                 self._mark_down()
                 break
-            self._pending.popleft()
-            local = self._locals.get(pending.scope)
-            if local is not None and pending.local_cost:
-                local.degraded_spent = max(0.0, local.degraded_spent - pending.local_cost)
-                if local.budget_left is not None:
-                    local.budget_left -= pending.local_cost
-            done += 1
+            for pending, result in zip(chunk, results, strict=True):
+                if isinstance(result, LimitsUnavailable):
+                    # Stop at the first refusal; the ones after it that went through are
+                    # replayed again later, and a replay is not charged twice.
+                    self._mark_down(result)
+                    return done
+                if self._pending and self._pending[0] is pending:  # not dropped meanwhile
+                    self._pending.popleft()
+                local = self._locals.get(pending.scope)
+                if local is not None and pending.local_cost:
+                    local.degraded_spent = max(0.0, local.degraded_spent - pending.local_cost)
+                    if local.budget_left is not None:
+                        local.budget_left -= pending.local_cost
+                done += 1
         return done
 
     @property
