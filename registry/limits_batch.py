@@ -60,6 +60,7 @@ class ScriptBatcher:
         self._outbox: list[_Group] = []
         self._sender: asyncio.Task[None] | None = None
         self._senders: set[asyncio.Task[None]] = set()
+        self.round_trips = 0  # pipelines written (tests and benchmarks read it)
 
     @staticmethod
     def script(source: str) -> Script:
@@ -129,6 +130,7 @@ class ScriptBatcher:
             pack(("EVALSHA", script.sha, len(keys), *keys, *args)) for script, keys, args in calls
         )
         pool = self._redis.connection_pool
+        self.round_trips += 1
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             # Both calls drop the connection on any failure, a cancellation included, so a
