@@ -340,3 +340,35 @@ async def test_three_gateways_batching_hold_one_exact_limit(fleet: Fleet) -> Non
     usage = await gateways[0].usage(rpm)
     assert usage["requests_last_minute"] == 40
     assert usage["in_flight"] == 0
+
+
+# -- the admission script's window answers (one pass, sorted only on refusal) -------------------
+
+
+async def test_window_answers_from_unsorted_buckets(
+    fleet: Fleet, redis_client: aioredis.Redis
+) -> None:
+    store = fleet.store()
+    k = store.keys("acme")
+    now = int((await redis_client.time())[0])
+    # Written out of order, one of them already outside the 60 s window.
+    await redis_client.hset(k.requests, mapping={now - 5: 2, now - 50: 3, now - 70: 9, now - 30: 4})
+    await redis_client.hset(k.tokens, mapping={now - 20: 100, now - 40: 50})
+
+    ok = await store.admit("acme", Quota(requests_per_minute=100), "a", tokens=10, cost=0.0)
+    assert ok.requests_used == 10  # 2 + 3 + 4 and this one; the expired bucket does not count
+    assert ok.requests_reset_s in (9.0, 10.0)  # the oldest bucket (now - 50) leaves then
+    assert ok.tokens_used == 160
+    assert ok.tokens_reset_s in (19.0, 20.0)
+    assert str(now - 70).encode() not in await redis_client.hkeys(k.requests)
+
+    with pytest.raises(LimitExceeded) as one_bucket:  # 10 used of 10: the oldest 3 free one
+        await store.admit("acme", Quota(requests_per_minute=10), "b", tokens=0, cost=0.0)
+    assert one_bucket.value.retry_after in (9.0, 10.0)
+    with pytest.raises(LimitExceeded) as two_buckets:  # of 7: 3 + 4 must leave (now - 30)
+        await store.admit("acme", Quota(requests_per_minute=7), "c", tokens=0, cost=0.0)
+    assert two_buckets.value.retry_after in (29.0, 30.0)
+    with pytest.raises(LimitExceeded) as tokens:  # 160 of 190 + 40: the (now - 40) 50 must go
+        await store.admit("acme", Quota(tokens_per_minute=190), "d", tokens=40, cost=0.0)
+    assert tokens.value.retry_after in (19.0, 20.0)
+    assert tokens.value.code == "rate_limited"
