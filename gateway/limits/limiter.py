@@ -16,6 +16,10 @@ Why it is shaped this way:
 - `settle` and `release` are synchronous: they free the local state at once and schedule the
   Redis call as a tracked task, so they can run in a `finally` during cancellation, where nothing
   may be awaited any more. A failed Redis settle is queued and replayed by the heartbeat loop.
+- Batching: the settlements of one event-loop tick go out in one task, and with the admissions
+  of that tick in one pipelined round trip (`registry/limits_batch.py`). Each script still runs
+  atomically by itself, so limits stay exact across the fleet; a failed round trip fails each of
+  its calls exactly as a lone call would (fallback, give-back, replay queue).
 - Local fallback: when Redis cannot be asked (down, frozen, over the timeout), each process
   enforces its share of every limit: `max(1, limit // N)` for concurrency, requests and tokens per
   minute, and `remaining / N` of the budget, where N is the number of live gateway processes last
