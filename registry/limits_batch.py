@@ -72,7 +72,7 @@ class ScriptBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._outbox.append((calls, future))
-        if self._sender is None:
+        if self._sender is None or self._sender.done():  # done: cancelled before it ran
             self._sender = loop.create_task(self._send_tick(), name="limits-batch")
             self._senders.add(self._sender)
             self._sender.add_done_callback(self._senders.discard)

@@ -325,7 +325,7 @@ class Limiter:
         """Always try: freeing a slot in Redis matters more than one background timeout. The
         settlements of one event-loop tick go out together (one task, one round trip); the task
         returned is the one carrying this settlement."""
-        if self._flusher is None:
+        if self._flusher is None or self._flusher.done():  # done: cancelled before it ran
             try:
                 task = asyncio.get_running_loop().create_task(self._flush(), name="limits-settle")
             except RuntimeError:  # no running loop (interpreter shutdown): replay later
