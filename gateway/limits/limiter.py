@@ -239,7 +239,7 @@ class Limiter:
         handle = Reservation(
             scope, request_id, quota, "remote", tokens=prompt_tokens + completion, cost=cost
         )
-        local = self._locals.setdefault(scope, LocalCounts())
+        local = self._local(scope)
         remaining: Remaining | None = None
         if time.monotonic() >= self._down_until:
             self._held[request_id] = handle  # its lease is renewed from here on
@@ -301,7 +301,7 @@ class Limiter:
             return None
         tokens = max(prompt_tokens, 0) + max(completion_tokens, 0)
         self._held.pop(handle.request_id, None)
-        local = self._locals.setdefault(handle.tenant, LocalCounts())
+        local = self._local(handle.tenant)
         local.in_flight = max(0, local.in_flight - 1)
         local.tokens.add(int(self._clock()), tokens - handle.tokens)
         local_cost = 0.0
@@ -320,6 +320,13 @@ class Limiter:
             self._queue(pending)
             return None
         return self._schedule(pending)
+
+    def _local(self, scope: str) -> LocalCounts:
+        """This process's counts of a scope (built once: two windows are not free per request)."""
+        local = self._locals.get(scope)
+        if local is None:
+            local = self._locals[scope] = LocalCounts()
+        return local
 
     def _schedule(self, pending: _Pending) -> asyncio.Task[None] | None:
         """Always try: freeing a slot in Redis matters more than one background timeout. The
