@@ -16,6 +16,10 @@ Why it is shaped this way:
 - Time comes from Redis (`TIME`), so the windows of several gateway hosts agree.
 - Every call has a hard timeout; an unreachable, frozen or slow Redis raises `LimitsUnavailable`
   and the gateway falls back to its local share of the limits.
+- Admissions and settlements issued in the same event-loop tick share one pipelined round trip
+  (`registry/limits_batch.py`): each script still runs atomically by itself, so the limits stay as
+  exact as with one call each; the pipeline has the hard timeout, and its failure is every
+  call's failure. `settle_many` hands a whole batch of settlements in at once.
 
 Windows: requests and tokens per minute use a sliding window of 60 one-second buckets (exact to
 the second, memory bounded by 60 fields per tenant). Budgets use calendar periods in UTC: `day`
@@ -28,6 +32,7 @@ Key layout: `registry/keyspace.py`.
     remaining = await store.admit("acme", quota, "req-1", tokens=300, cost=0.0004)
     ...
     await store.settle("acme", quota.period, "req-1", tokens=120, cost=0.0002)
+    await store.settle_many([Settlement("acme", "month", "req-2", 80, 0.0001), ...])
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from registry.compact import LimitsRec
 from registry.errors import RegistryError, RegistryUnavailable
 from registry.keyspace import DEFAULT_PREFIX, Keyspace, LimitKeys
+from registry.limits_batch import ScriptBatcher
 from registry.models import Limits
 
 Period = Literal["day", "month"]
@@ -130,6 +136,17 @@ class Remaining:
 
 
 @dataclass(frozen=True, slots=True)
+class Settlement:
+    """One settlement for `LimitStore.settle_many` (see `LimitStore.settle`)."""
+
+    scope: str
+    period: Period
+    request_id: str
+    tokens: int
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """A tenant's current usage (admin view); `period_id` names the budget period."""
 
@@ -161,6 +178,19 @@ def _num(raw: Any) -> float:
     return float(raw.decode() if isinstance(raw, bytes) else raw)
 
 
+def _unavailable(timeout: float, exc: BaseException) -> BaseException:
+    """What a caller raises when the round trip carrying its call failed (see `_guard`)."""
+    if isinstance(exc, TimeoutError):
+        return LimitsUnavailable(f"limits store timed out after {timeout}s")
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+        return LimitsUnavailable(f"limits store unreachable: {type(exc).__name__}")
+    if isinstance(exc, ResponseError):
+        return LimitsUnavailable(f"limits store refused: {type(exc).__name__}")
+    if isinstance(exc, asyncio.CancelledError):
+        return LimitsUnavailable("limits store call cancelled")
+    return exc
+
+
 class LimitStore:
     """Admission, settlement, usage and heartbeat against Redis; see the module docstring."""
 
@@ -181,8 +211,12 @@ class LimitStore:
         self.lease_s = lease_s
         self._window = window_s
         self._clock = clock
-        self._admit = redis.register_script(_script("limits_admit.lua"))
-        self._settle = redis.register_script(_script("limits_settle.lua"))
+        self._batch = ScriptBatcher(
+            redis, timeout=timeout, wrap=lambda exc: _unavailable(timeout, exc)
+        )
+        self._admit = ScriptBatcher.script(_script("limits_admit.lua"))
+        self._settle = ScriptBatcher.script(_script("limits_settle.lua"))
+        self._periods: dict[str, tuple[str, float, float]] = {}  # period -> id, from, until
         self._usage = redis.register_script(_script("limits_usage.lua"))
         self._lease = redis.register_script(_script("limits_lease.lua"))
 
@@ -223,26 +257,26 @@ class LimitStore:
         `held_outside`: requests the caller admitted while Redis was away and still holds; they
         count against the concurrency limit."""
         k = self.keys(scope)
-        period_id, reset_s = period_window(quota.period, self._clock())
+        period_id, reset_s = self._period(quota.period)
         budget = quota.budget if quota.budget is not None else -1.0
-        async with self._guard():
-            out = await self._admit(
-                keys=[k.slots, k.reservations, k.requests, k.tokens, k.spend(period_id)],
-                args=[
-                    request_id,
-                    int(self.lease_s * 1000),
-                    quota.max_concurrency or 0,
-                    quota.requests_per_minute or 0,
-                    quota.tokens_per_minute or 0,
-                    max(int(tokens), 0),
-                    repr(float(budget)),
-                    repr(max(float(cost), 0.0)),
-                    self._spend_ttl(reset_s),
-                    max(1, int(reset_s + 0.999)),
-                    self._window,
-                    max(int(held_outside), 0),
-                ],
-            )
+        keys = [k.slots, k.reservations, k.requests, k.tokens, k.spend(period_id)]
+        args = [
+            request_id,
+            int(self.lease_s * 1000),
+            quota.max_concurrency or 0,
+            quota.requests_per_minute or 0,
+            quota.tokens_per_minute or 0,
+            max(int(tokens), 0),
+            repr(float(budget)),
+            repr(max(float(cost), 0.0)),
+            self._spend_ttl(reset_s),
+            max(1, int(reset_s + 0.999)),
+            self._window,
+            max(int(held_outside), 0),
+        ]
+        out = (await self._batch.submit([(self._admit, keys, args)]))[0]
+        if isinstance(out, ResponseError):
+            raise _unavailable(self._timeout, out) from out
         ok, code, retry = int(out[0]), out[1], _num(out[2])
         remaining = Remaining(
             requests_used=int(out[3]),
@@ -267,20 +301,50 @@ class LimitStore:
         """Replace the reservation by the real usage and free the slot (tokens=0, cost=0 for a
         request that never reached the engine). Returns 1 settled, 0 charged without a
         reservation (expired, or admitted by a local fallback), 2 already settled."""
-        k = self.keys(scope)
-        period_id, reset_s = period_window(period, self._clock())
-        async with self._guard():
-            out = await self._settle(
-                keys=[k.slots, k.reservations, k.tokens, k.spend(period_id), k.settled],
-                args=[
-                    request_id,
-                    max(int(tokens), 0),
-                    repr(max(float(cost), 0.0)),
-                    self._spend_ttl(reset_s),
-                    self._window,
-                ],
-            )
-        return int(out)
+        (out,) = await self.settle_many([Settlement(scope, period, request_id, tokens, cost)])
+        if isinstance(out, LimitsUnavailable):
+            raise out
+        return out
+
+    async def settle_many(self, items: Sequence[Settlement]) -> list[int | LimitsUnavailable]:
+        """`settle` for many requests in one round trip: per item its answer, or the
+        LimitsUnavailable of a script that failed on it alone (replay that one later). Raises
+        LimitsUnavailable when the round trip itself failed (replay them all)."""
+        if not items:
+            return []
+        calls = []
+        for item in items:
+            k = self.keys(item.scope)
+            period_id, reset_s = self._period(item.period)
+            keys = [k.slots, k.reservations, k.tokens, k.spend(period_id), k.settled]
+            args = [
+                item.request_id,
+                max(int(item.tokens), 0),
+                repr(max(float(item.cost), 0.0)),
+                self._spend_ttl(reset_s),
+                self._window,
+            ]
+            calls.append((self._settle, keys, args))
+        replies = await self._batch.submit(calls)
+        out: list[int | LimitsUnavailable] = []
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                error = _unavailable(self._timeout, reply)
+                assert isinstance(error, LimitsUnavailable)
+                out.append(error)
+            else:
+                out.append(int(reply))
+        return out
+
+    def _period(self, period: Period) -> tuple[str, float]:
+        """`period_window` at the store's clock, computed once per period (not per call)."""
+        now = self._clock()
+        cached = self._periods.get(period)
+        if cached is None or not cached[1] <= now < cached[2]:
+            period_id, reset_s = period_window(period, now)
+            cached = (period_id, now, now + reset_s)
+            self._periods[period] = cached
+        return cached[0], cached[2] - now
 
     async def usage(self, scope: str, period: Period) -> Usage:
         k = self.keys(scope)

@@ -50,26 +50,37 @@ for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[1], id)
 end
 
+-- One pass over a window's buckets: the total inside the window and its oldest second (expired
+-- buckets are dropped on the way). No tables per bucket and no sort: this runs on every admission.
 local function window_sum(key)
   local flat = redis.call('HGETALL', key)
   local total = 0
+  local oldest = nil
+  for i = 1, #flat, 2 do
+    local sec = tonumber(flat[i])
+    if sec < horizon then
+      redis.call('HDEL', key, flat[i])
+    else
+      local v = tonumber(flat[i + 1])
+      if v > 0 then
+        total = total + v
+        if oldest == nil or sec < oldest then oldest = sec end
+      end
+    end
+  end
+  return total, flat, oldest
+end
+
+-- Seconds until enough of the oldest buckets leave the window for `need` more to fit (refusals
+-- only: the buckets are sorted here, not on the admission path).
+local function wait_for(flat, total, need, limit)
   local buckets = {}
   for i = 1, #flat, 2 do
     local sec = tonumber(flat[i])
     local v = tonumber(flat[i + 1])
-    if sec < horizon then
-      redis.call('HDEL', key, flat[i])
-    elseif v > 0 then
-      total = total + v
-      buckets[#buckets + 1] = {sec, v}
-    end
+    if sec >= horizon and v > 0 then buckets[#buckets + 1] = {sec, v} end
   end
   table.sort(buckets, function(a, b) return a[1] < b[1] end)
-  return total, buckets
-end
-
--- Seconds until enough of the oldest buckets leave the window for `need` more to fit.
-local function wait_for(buckets, total, need, limit)
   local freed = 0
   for _, b in ipairs(buckets) do
     freed = freed + b[2]
@@ -78,19 +89,19 @@ local function wait_for(buckets, total, need, limit)
   return window
 end
 
-local function reset_of(buckets)
-  if #buckets == 0 then return 0 end
-  return buckets[1][1] + window - now_s
+local function reset_of(oldest)
+  if oldest == nil then return 0 end
+  return oldest + window - now_s
 end
 
-local req_used, req_buckets = window_sum(KEYS[3])
-local tok_used, tok_buckets = window_sum(KEYS[4])
+local req_used, req_flat, req_oldest = window_sum(KEYS[3])
+local tok_used, tok_flat, tok_oldest = window_sum(KEYS[4])
 local spent = tonumber(redis.call('HGET', KEYS[5], 'spent') or '0')
 local reserved = tonumber(redis.call('HGET', KEYS[5], 'reserved') or '0')
 local in_flight = redis.call('ZCARD', KEYS[1])
 
 local function answer(ok, code, retry)
-  return {ok, code, retry, req_used, reset_of(req_buckets), tok_used, reset_of(tok_buckets),
+  return {ok, code, retry, req_used, reset_of(req_oldest), tok_used, reset_of(tok_oldest),
           tostring(spent), tostring(reserved), in_flight}
 end
 
@@ -101,11 +112,11 @@ if max_conc > 0 and in_flight + outside >= max_conc then
   return answer(0, 'concurrency_limited', 1)
 end
 if rpm > 0 and req_used + 1 > rpm then
-  return answer(0, 'rate_limited', wait_for(req_buckets, req_used, 1, rpm))
+  return answer(0, 'rate_limited', wait_for(req_flat, req_used, 1, rpm))
 end
 if tpm > 0 and tok_used + est_tokens > tpm then
   if est_tokens > tpm then return answer(0, 'rate_limited', window) end
-  return answer(0, 'rate_limited', wait_for(tok_buckets, tok_used, est_tokens, tpm))
+  return answer(0, 'rate_limited', wait_for(tok_flat, tok_used, est_tokens, tpm))
 end
 if budget >= 0 and spent + reserved + est_cost > budget then
   return answer(0, 'budget_exceeded', period_reset)
@@ -128,6 +139,6 @@ redis.call('EXPIRE', KEYS[5], spend_ttl)
 req_used = req_used + 1
 tok_used = tok_used + est_tokens
 in_flight = in_flight + 1
-if #req_buckets == 0 then req_buckets = {{now_s, 1}} end
-if #tok_buckets == 0 and est_tokens > 0 then tok_buckets = {{now_s, est_tokens}} end
+if req_oldest == nil then req_oldest = now_s end
+if tok_oldest == nil and est_tokens > 0 then tok_oldest = now_s end
 return answer(1, '', 0)

@@ -16,6 +16,10 @@ Why it is shaped this way:
 - `settle` and `release` are synchronous: they free the local state at once and schedule the
   Redis call as a tracked task, so they can run in a `finally` during cancellation, where nothing
   may be awaited any more. A failed Redis settle is queued and replayed by the heartbeat loop.
+- Batching: the settlements of one event-loop tick go out in one task, and with the admissions
+  of that tick in one pipelined round trip (`registry/limits_batch.py`). Each script still runs
+  atomically by itself, so limits stay exact across the fleet; a failed round trip fails each of
+  its calls exactly as a lone call would (fallback, give-back, replay queue).
 - Local fallback: when Redis cannot be asked (down, frozen, over the timeout), each process
   enforces its share of every limit: `max(1, limit // N)` for concurrency, requests and tokens per
   minute, and `remaining / N` of the budget, where N is the number of live gateway processes last
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -57,6 +62,7 @@ from registry.limits import (
     Period,
     Quota,
     Remaining,
+    Settlement,
     period_window,
 )
 from registry.models import Limits
@@ -65,6 +71,7 @@ log = logging.getLogger("loragate.limits")
 
 Mode = Literal["none", "remote", "local"]
 MAX_PENDING = 100_000
+REPLAY_BATCH = 256
 
 
 @dataclass(eq=False)
@@ -90,6 +97,10 @@ class _Pending:
     tokens: int
     cost: float
     local_cost: float  # spend to take off the degraded counter once Redis has it
+
+    @property
+    def settlement(self) -> Settlement:
+        return Settlement(self.scope, self.period, self.request_id, self.tokens, self.cost)
 
 
 class Limiter:
@@ -123,6 +134,8 @@ class Limiter:
         self._held: dict[str, Reservation] = {}
         self._pending: deque[_Pending] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._outbox: list[_Pending] = []  # settlements of this tick, not sent yet
+        self._flusher: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -226,7 +239,7 @@ class Limiter:
         handle = Reservation(
             scope, request_id, quota, "remote", tokens=prompt_tokens + completion, cost=cost
         )
-        local = self._locals.setdefault(scope, LocalCounts())
+        local = self._local(scope)
         remaining: Remaining | None = None
         if time.monotonic() >= self._down_until:
             self._held[request_id] = handle  # its lease is renewed from here on
@@ -288,7 +301,7 @@ class Limiter:
             return None
         tokens = max(prompt_tokens, 0) + max(completion_tokens, 0)
         self._held.pop(handle.request_id, None)
-        local = self._locals.setdefault(handle.tenant, LocalCounts())
+        local = self._local(handle.tenant)
         local.in_flight = max(0, local.in_flight - 1)
         local.tokens.add(int(self._clock()), tokens - handle.tokens)
         local_cost = 0.0
@@ -308,34 +321,53 @@ class Limiter:
             return None
         return self._schedule(pending)
 
+    def _local(self, scope: str) -> LocalCounts:
+        """This process's counts of a scope (built once: two windows are not free per request)."""
+        local = self._locals.get(scope)
+        if local is None:
+            local = self._locals[scope] = LocalCounts()
+        return local
+
     def _schedule(self, pending: _Pending) -> asyncio.Task[None] | None:
-        """Always try: freeing a slot in Redis matters more than one background timeout."""
-        try:
-            task = asyncio.get_running_loop().create_task(self._settle_remote(pending))
-        except RuntimeError:  # no running loop (interpreter shutdown): replay later
-            self._queue(pending)
-            return None
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        """Always try: freeing a slot in Redis matters more than one background timeout. The
+        settlements of one event-loop tick go out together (one task, one round trip); the task
+        returned is the one carrying this settlement."""
+        if self._flusher is None or self._flusher.done():  # done: cancelled before it ran
+            try:
+                task = asyncio.get_running_loop().create_task(self._flush(), name="limits-settle")
+            except RuntimeError:  # no running loop (interpreter shutdown): replay later
+                self._queue(pending)
+                return None
+            self._flusher = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._outbox.append(pending)
+        return self._flusher
 
     def release(self, handle: Reservation) -> asyncio.Task[None] | None:
         """Free a request that produced nothing billable (failure before the engine, cancellation
         before any usage is known). Idempotent, synchronous, safe in `finally`."""
         return self.settle(handle, 0, 0, 0.0)
 
-    async def _settle_remote(self, pending: _Pending) -> None:
+    async def _flush(self) -> None:
+        # First step of the task: one loop iteration after the first settlement of the tick.
+        batch, self._outbox = self._outbox, []
+        self._flusher = None
         try:
-            await self._store.settle(
-                pending.scope,
-                pending.period,
-                pending.request_id,
-                tokens=pending.tokens,
-                cost=pending.cost,
-            )
+            results = await self._store.settle_many([p.settlement for p in batch])
         except LimitsUnavailable as exc:
             self._mark_down(exc)
-            self._queue(pending)
+            for pending in batch:
+                self._queue(pending)
+            return
+        except BaseException:  # cancelled (shutdown): Redis may or may not have them; replayable
+            for pending in batch:
+                self._queue(pending)
+            raise
+        for pending, result in zip(batch, results, strict=True):
+            if isinstance(result, LimitsUnavailable):
+                self._mark_down(result)
+                self._queue(pending)
 
     def _queue(self, pending: _Pending) -> None:
         if len(self._pending) >= MAX_PENDING:
@@ -344,28 +376,30 @@ class Limiter:
         self._pending.append(pending)
 
     async def reconcile(self) -> int:
-        """Replay the queued settlements while Redis answers; returns how many went through."""
+        """Replay the queued settlements while Redis answers, in order and `REPLAY_BATCH` per
+        round trip; returns how many went through."""
         done = 0
         while self._pending:
-            pending = self._pending[0]
+            chunk = list(itertools.islice(self._pending, REPLAY_BATCH))
             try:
-                await self._store.settle(
-                    pending.scope,
-                    pending.period,
-                    pending.request_id,
-                    tokens=pending.tokens,
-                    cost=pending.cost,
-                )
+                results = await self._store.settle_many([p.settlement for p in chunk])
             except LimitsUnavailable:
                 self._mark_down()
                 break
-            self._pending.popleft()
-            local = self._locals.get(pending.scope)
-            if local is not None and pending.local_cost:
-                local.degraded_spent = max(0.0, local.degraded_spent - pending.local_cost)
-                if local.budget_left is not None:
-                    local.budget_left -= pending.local_cost
-            done += 1
+            for pending, result in zip(chunk, results, strict=True):
+                if isinstance(result, LimitsUnavailable):
+                    # Stop at the first refusal; the ones after it that went through are
+                    # replayed again later, and a replay is not charged twice.
+                    self._mark_down(result)
+                    return done
+                if self._pending and self._pending[0] is pending:  # not dropped meanwhile
+                    self._pending.popleft()
+                local = self._locals.get(pending.scope)
+                if local is not None and pending.local_cost:
+                    local.degraded_spent = max(0.0, local.degraded_spent - pending.local_cost)
+                    if local.budget_left is not None:
+                        local.budget_left -= pending.local_cost
+                done += 1
         return done
 
     @property

@@ -217,20 +217,14 @@ async def admit(
     max_tokens = engine_body.get("max_tokens")
     if isinstance(max_tokens, int):
         max_tokens *= engine_body.get("n") or 1
+    prompt_tokens = estimate_prompt_tokens(messages)
     call.reservation = await state.limiter.admit(
-        call.tenant,
-        call.request_id,
-        prompt_tokens=estimate_prompt_tokens(messages),
-        max_tokens=max_tokens,
+        call.tenant, call.request_id, prompt_tokens=prompt_tokens, max_tokens=max_tokens
     )
     call.headers.update(call.reservation.headers)
     assert call.key is not None
     call.key_reservation = await state.limiter.admit_key(
-        call.tenant,
-        call.key,
-        call.request_id,
-        prompt_tokens=estimate_prompt_tokens(messages),
-        max_tokens=max_tokens,
+        call.tenant, call.key, call.request_id, prompt_tokens=prompt_tokens, max_tokens=max_tokens
     )
     if call.trace is not None:
         call.trace.mark("limits")
