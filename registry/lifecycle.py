@@ -122,10 +122,9 @@ class LifecycleOps(RedisEdge):
             raced = RevisionConflict(f"{kind} {ref!r} or the tenant's releases changed")
             spec = WriteSpec()
             spec.require_equals(hash_name, fld, text(raw), raced)
-            if newest is None:
-                spec.require_absent(ks.seq, newest_fld, raced)
-            else:
-                spec.require_equals(ks.seq, newest_fld, text(newest), raced)
+            spec.require_unchanged(
+                ks.seq, newest_fld, None if newest is None else text(newest), raced
+            )
             new = old.model_copy(update={"retired_at": self._clock()})
             spec.put(hash_name, fld, encode(new))
             try:
@@ -178,10 +177,9 @@ class LifecycleOps(RedisEdge):
             raced = RevisionConflict(f"model {old.alias!r} changed; try again")
             spec = WriteSpec()
             spec.require_equals(ks.releases, fld, text(raw), raced)
-            if alias_raw is None:
-                spec.require_absent(ks.aliases, alias_fld, raced)
-            else:
-                spec.require_equals(ks.aliases, alias_fld, text(alias_raw), raced)
+            spec.require_unchanged(
+                ks.aliases, alias_fld, None if alias_raw is None else text(alias_raw), raced
+            )
             new = old.model_copy(update={"retired_at": self._clock()})
             spec.put(ks.releases, fld, encode(new))
             try:

@@ -63,10 +63,7 @@ class RetentionSweeps(RedisEdge):
             spec.require_equals(ks.aliases, fld, raw, changed)  # it may not route there again
         if sweep.adapters or sweep.prompts:  # no release may name a version deleted here
             newest = last_release_field(sweep.tenant)
-            if sweep.newest_release is None:
-                spec.require_absent(ks.seq, newest, changed)
-            else:
-                spec.require_equals(ks.seq, newest, sweep.newest_release, changed)
+            spec.require_unchanged(ks.seq, newest, sweep.newest_release, changed)
         for hash_name, fields in (
             (ks.releases, sweep.releases), (ks.adapters, sweep.adapters),
             (ks.prompts, sweep.prompts),

@@ -92,6 +92,15 @@ class WriteSpec:
     def require_equals(self, key: str, fld: str, value: str, error: RegistryError) -> None:
         self._check("equals", key, fld, error, value=value)
 
+    def require_unchanged(
+        self, key: str, fld: str, value: str | None, error: RegistryError
+    ) -> None:
+        """The field is still as it was read: absent if it was, else equal to `value`."""
+        if value is None:
+            self.require_absent(key, fld, error)
+        else:
+            self.require_equals(key, fld, value, error)
+
     def require_revision(self, key: str, fld: str, revision: int, error: RegistryError) -> None:
         self._check("revision", key, fld, error, revision=revision)
 
