@@ -87,11 +87,13 @@ bench: venv engine-venv sysdeps $(VENV)/.bench-stamp
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
 # Issue 22's table alone (servers side by side, limits off/on, steady and simultaneous streams,
-# LiteLLM, the real engine) with the load average during the run: about ten minutes.
+# LiteLLM, the real engine) with the load average during the run, then the floor under it
+# (minimal apps on each server, loadtests/floor.py): about twelve minutes.
 bench-22: venv engine-venv sysdeps $(VENV)/.bench-stamp
 	@command -v wrk >/dev/null || { echo "installing: wrk"; $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m loadtests.bench --issue22 --out bench-results/issue22 $(BENCH_ARGS)
+	$(BIN)/python -m loadtests.floor --out bench-results/floor
 
 bench-smoke: venv sysdeps
 	$(BIN)/python -m loadtests.bench --smoke --out bench-results/smoke
