@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +40,7 @@ from loadtests.mock_upstream import completion_body
 from loadtests.procs import Proc
 
 ENV_UPSTREAM = "FLOOR_UPSTREAM"  # the mock's chat route, or "" for echo
+ENV_LEAN = "FLOOR_LEAN"  # set: forward with the lean keep-alive client, not aiohttp
 CANNED = completion_body(stack.BASE_MODEL)  # what the mock engine answers
 JSON_HEADERS = {"content-type": "application/json"}
 GATEWAY_CPU, CLIENT_CPU = 0, 1
@@ -67,9 +68,78 @@ class Forward:
             return r.status, await r.read()
 
 
+class _LeanConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to the engine: a request is one write, its answer is
+    parsed by httptools in `data_received` and handed over through one future (no stream reader,
+    no per-request task). Enough for the measurement: content-length or chunked answers, no
+    timeouts, no redirects."""
+
+    def __init__(self) -> None:
+        import httptools
+
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.body: list[bytes] = []
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        body, self.body = b"".join(self.body), []
+        if waiter is not None and not waiter.done():
+            waiter.set_result((self.parser.get_status_code(), body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("engine closed the connection"))
+
+
+class LeanForward(Forward):
+    """`Forward` over `_LeanConnection`s kept in a free list (the lean keep-alive client)."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(upstream)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.head = (
+            f"POST {parts.path} HTTP/1.1\r\nhost: {parts.netloc}\r\n"
+            "content-type: application/json\r\ncontent-length: "
+        ).encode()
+        self.free: list[_LeanConnection] = []
+
+    async def __call__(self, body: bytes) -> tuple[int, bytes]:
+        if self.free:
+            conn = self.free.pop()
+        else:
+            loop = asyncio.get_running_loop()
+            _, conn = await loop.create_connection(_LeanConnection, self.host, self.port)
+        assert conn.transport is not None
+        conn.waiter = asyncio.get_running_loop().create_future()
+        conn.transport.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        answer = await conn.waiter
+        self.free.append(conn)
+        return answer
+
+
+def _forward() -> Forward:
+    upstream = os.environ.get(ENV_UPSTREAM, "")
+    return LeanForward(upstream) if upstream and os.environ.get(ENV_LEAN) else Forward(upstream)
+
+
 def asgi_app() -> Callable[..., Awaitable[None]]:
-    """Factory for uvicorn and granian (`--factory loadtests.floor:asgi_app`)."""
-    forward = Forward(os.environ.get(ENV_UPSTREAM, ""))
+    """Factory for uvicorn and granian (`--factory loadtests.floor:asgi_app`); `FLOOR_LEAN=1`
+    forwards with the lean client instead of aiohttp."""
+    forward = _forward()
 
     async def app(
         scope: Scope,
@@ -101,7 +171,7 @@ def asgi_app() -> Callable[..., Awaitable[None]]:
 
 class _Rsgi:
     def __init__(self) -> None:
-        self.forward = Forward(os.environ.get(ENV_UPSTREAM, ""))
+        self.forward = _forward()
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
         status, payload = await self.forward(await protocol())
@@ -114,7 +184,7 @@ def rsgi_app() -> _Rsgi:
 
 
 def serve_aiohttp(port: int) -> None:
-    forward = Forward(os.environ.get(ENV_UPSTREAM, ""))
+    forward = _forward()
 
     async def handle(request: web.Request) -> web.Response:
         status, payload = await forward(await request.read())
@@ -184,11 +254,16 @@ def run(out: Path, *, reps: int, seconds: float) -> dict[str, Any]:
             "direct (mock)": (Target(mock.url + route, [(JSON_HEADERS, body)]), None)
         }
         for name, command in SERVERS.items():
-            for mode, upstream in (("echo", ""), ("proxy", mock.url + route)):
+            modes = [("echo", "", ""), ("proxy", mock.url + route, "")]
+            if name == "uvicorn":
+                modes.append(("lean proxy", mock.url + route, "1"))
+            for mode, upstream, lean in modes:
                 port = free_port()
-                env = {**os.environ, ENV_UPSTREAM: upstream}
-                proc = Proc.start(f"{name}-{mode}", command(port), log_dir=work / "logs",
-                                  cpu=GATEWAY_CPU, env=env, cwd=stack.REPO)  # fmt: skip
+                env = {**os.environ, ENV_UPSTREAM: upstream, ENV_LEAN: lean}
+                proc = Proc.start(
+                    f"{name}-{mode.replace(' ', '-')}", command(port), log_dir=work / "logs",
+                    cpu=GATEWAY_CPU, env=env, cwd=stack.REPO,
+                )  # fmt: skip
                 services.append(proc)
                 status, _ = post(f"http://127.0.0.1:{port}{route}", body, proc)
                 if status != 200:

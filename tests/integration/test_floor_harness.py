@@ -25,11 +25,13 @@ def test_minimal_app_relays_the_engine_answer(server: str, tmp_path: Path) -> No
     started: list[Proc] = [mock.proc]
     try:
         body = chat_body(stack.BASE_MODEL, stream=False)
-        for upstream in ("", mock.url + ROUTE):
+        modes = [("", ""), (mock.url + ROUTE, ""), (mock.url + ROUTE, "1")]  # echo, proxy, lean
+        for upstream, lean in modes:
             port = free_port()
+            env = {**os.environ, floor.ENV_UPSTREAM: upstream, floor.ENV_LEAN: lean}
             proc = Proc.start(
                 f"{server}-{port}", floor.SERVERS[server](port), log_dir=tmp_path / "logs",
-                env={**os.environ, floor.ENV_UPSTREAM: upstream}, cwd=stack.REPO,
+                env=env, cwd=stack.REPO,
             )  # fmt: skip
             started.append(proc)
             status, answer = floor.post(f"http://127.0.0.1:{port}{ROUTE}", body, proc)
