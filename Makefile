@@ -86,9 +86,10 @@ bench: venv engine-venv sysdeps $(VENV)/.bench-stamp
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
-# Issue 22's table alone (servers side by side, limits off/on, steady and simultaneous streams,
-# LiteLLM, the real engine) with the load average during the run, then the floor under it
-# (minimal apps on each server, loadtests/floor.py): about twelve minutes.
+# Issue 22's table alone (uvicorn, granian and the lean upstream client side by side, limits
+# off/on, steady and simultaneous streams, LiteLLM, the real engine) with the load average during
+# the run, then the floor under it (minimal apps on each server, loadtests/floor.py): about
+# fifteen minutes.
 bench-22: venv engine-venv sysdeps $(VENV)/.bench-stamp
 	@command -v wrk >/dev/null || { echo "installing: wrk"; $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }

@@ -36,6 +36,7 @@ from gateway.admin import access_routes as access_api
 from gateway.admin import adapter_push, keyuse, retire_routes
 from gateway.admin import routes as admin_api
 from gateway.engines.discovery import discovery_from
+from gateway.engines.lean import LeanClient
 from gateway.engines.pool import EnginePool
 from gateway.engines.replica import PoolConfig
 from gateway.engines.residency import referenced_engine_names
@@ -151,6 +152,11 @@ def create_app(
             json_serialize=_dumps,
             headers=engine_headers(settings.engine_api_key.get_secret_value()),
         )
+        lean = (
+            LeanClient(engine_headers(settings.engine_api_key.get_secret_value()))
+            if settings.upstream_client == "lean"
+            else None
+        )
         # Engine labels follow the pool's membership (static or discovered): `_pool_gauges`.
         metrics = GatewayMetrics(
             registry,
@@ -198,6 +204,7 @@ def create_app(
                 session,
                 connect_timeout=settings.engine_connect_timeout_s,
                 read_timeout=settings.engine_read_timeout_s,
+                lean=lean,
             ),
             metrics=metrics,
             hmac_secret=secret,
@@ -285,6 +292,8 @@ def create_app(
             await pool.stop()
             await watcher.stop()
             await session.close()
+            if lean is not None:
+                lean.close()
             if state.tracing is not None:
                 await asyncio.to_thread(state.tracing.shutdown)  # flushes queued spans
             await close_redis()

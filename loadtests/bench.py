@@ -60,6 +60,14 @@ BENCH_LIMITS: dict[str, Any] = {
 }  # fmt: skip
 
 
+# The gateway variants a plan may put side by side ("lean": uvicorn with the lean upstream client).
+SERVER_SETTINGS: dict[str, dict[str, str]] = {
+    "uvicorn": {"LORAGATE_SERVER": "uvicorn"},
+    "granian": {"LORAGATE_SERVER": "granian"},
+    "lean": {"LORAGATE_SERVER": "uvicorn", "LORAGATE_UPSTREAM_CLIENT": "lean"},
+}
+
+
 @dataclass(frozen=True)
 class Plan:
     reps: int = 3
@@ -70,7 +78,7 @@ class Plan:
     steady: tuple[int, ...] = (
         256,
     )  # streams kept open by Poisson arrivals (loadgen.steady_streams)
-    servers: tuple[str, ...] = ("uvicorn", "granian")  # one gateway each, arms side by side
+    servers: tuple[str, ...] = ("uvicorn", "granian", "lean")  # SERVER_SETTINGS: arms side by side
     limits: bool = True  # also arms for tenants with limits (Redis-backed admission per request)
     lite_rates: tuple[float, ...] = (100,)  # LiteLLM saturates near 100 req/s on one core
     fairness: bool = True
@@ -337,7 +345,7 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
             # seeded once, each serves the same tenants. Only the arm under test gets traffic.
             gw = stack.start_loragate(
                 work, redis_url=redis.url, engines=mock.extra["urls"], cpu=_gateway_cpu(),
-                name=f"loragate-{server}", settings={"LORAGATE_SERVER": server, **shared},
+                name=f"loragate-{server}", settings={**SERVER_SETTINGS[server], **shared},
             )  # fmt: skip
             services.append(gw)
             if not keys:

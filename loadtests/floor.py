@@ -272,15 +272,24 @@ def run(out: Path, *, reps: int, seconds: float) -> dict[str, Any]:
                                                  [(JSON_HEADERS, body)]), proc)  # fmt: skip
         redis = stack.start_redis(work, cpu=CLIENT_CPU)
         services.append(redis.proc)
-        gw = stack.start_loragate(
-            work, redis_url=redis.url, engines=[mock.url], cpu=GATEWAY_CPU,
-            settings={"LORAGATE_KEY_HMAC_SECRET": secrets.token_hex(32)},
-        )  # fmt: skip
-        services.append(gw.proc)
-        keys = [t["api_key"] for t in stack.seed_loragate(
-            gw.url, gw.admin_token, store=work / "adapters", tenants=8, canary_weight=0.2,
-        )]  # fmt: skip
-        arms["loragate (full path)"] = (targets(gw.url, "chat", keys, frames=8)[0], gw.proc)
+        # Both gateways on the one registry (same key secret and admin token), seeded once.
+        shared = {
+            "LORAGATE_ADMIN_TOKEN": "lgadm-" + secrets.token_urlsafe(16),
+            "LORAGATE_KEY_HMAC_SECRET": secrets.token_hex(32),
+        }
+        keys: list[str] = []
+        for client in ("aiohttp", "lean"):
+            gw = stack.start_loragate(
+                work, redis_url=redis.url, engines=[mock.url], cpu=GATEWAY_CPU,
+                name=f"loragate-{client}",
+                settings={**shared, "LORAGATE_UPSTREAM_CLIENT": client},
+            )  # fmt: skip
+            services.append(gw.proc)
+            keys = keys or [t["api_key"] for t in stack.seed_loragate(
+                gw.url, gw.admin_token, store=work / "adapters", tenants=8, canary_weight=0.2,
+            )]  # fmt: skip
+            target = targets(gw.url, "chat", keys, frames=8)[0]
+            arms[f"loragate, {client} client"] = (target, gw.proc)
         for target, server in arms.values():  # warm: connections open, adapters resident
             _measure(target, server, 1.0)
         names = list(arms)

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from starlette.types import Send
 
@@ -31,7 +30,14 @@ from adapters.errors import (
 )
 from gateway.engines.pool import SYSTEM_FLOW, EnginePool
 from gateway.engines.replica import Lease
-from gateway.engines.upstream import Upstream, UpstreamError, UpstreamFailed, open_chat
+from gateway.engines.upstream import (
+    BROKEN,
+    EngineResponse,
+    Upstream,
+    UpstreamError,
+    UpstreamFailed,
+    open_chat,
+)
 from gateway.errors import ApiError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.serving.asgi import SSE, Disconnect, raw_headers, send_body, send_error
@@ -52,6 +58,7 @@ from gateway.state import AppState
 
 log = logging.getLogger("loragate.chat")
 MAX_ATTEMPTS = 2
+_MID_STREAM: tuple[type[BaseException], ...] = (*BROKEN, SseProtocolError, orjson.JSONDecodeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +76,7 @@ class Exchange:
 
 async def open_engine(
     upstream: Upstream, call: Call, engine_body: dict[str, Any]
-) -> tuple[Lease, aiohttp.ClientResponse]:
+) -> tuple[Lease, EngineResponse]:
     """Lease a replica and open the engine request, retrying elsewhere before any byte is sent."""
     pool = upstream.pool
     exclude: frozenset[str] = frozenset()
@@ -93,7 +100,7 @@ async def open_engine(
                             {"loragate.replica": lease.replica.name})  # fmt: skip
         try:
             response = await open_chat(
-                upstream.session,
+                upstream.chat_client,
                 lease.replica.url,
                 engine_body,
                 connect_timeout=upstream.connect_timeout,
@@ -133,14 +140,14 @@ def _scrub(message: str, engine_model: str, call: Call) -> str:
     return message.replace(engine_model, call.alias)[:500]
 
 
-async def read_answer(pool: EnginePool, lease: Lease, response: aiohttp.ClientResponse) -> bytes:
+async def read_answer(pool: EnginePool, lease: Lease, response: EngineResponse) -> bytes:
     """The whole (non-streamed) answer; the lease is returned whatever happens."""
     try:
         raw = await response.read()
         response.release()
     except BaseException as exc:
         response.close()  # drops the connection: vLLM aborts the request
-        if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        if isinstance(exc, BROKEN):
             raise ApiError("engine_unavailable", "The engine failed during the request.") from None
         raise
     finally:
@@ -213,7 +220,7 @@ async def _relay(
     send: Send,
     call: Call,
     chat: ChatRequest,
-    response: aiohttp.ClientResponse,
+    response: EngineResponse,
     guard: OutputGuard,
     rewrite: ModelRewrite | None,
 ) -> tuple[str, bytes]:
@@ -311,7 +318,7 @@ async def _relay(
                 "schema_violation", "The model output did not match the schema."
             )
         return "ok", DONE_EVENT
-    except (aiohttp.ClientError, TimeoutError, SseProtocolError, orjson.JSONDecodeError):
+    except _MID_STREAM:
         return "engine_error", error_event("engine_error", "The engine failed mid-stream.")
     finally:
         if gaps:
