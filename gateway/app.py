@@ -71,7 +71,7 @@ from registry.errors import RegistryError
 from registry.fleet import FleetStore
 from registry.limits import LimitStore
 from registry.models import AdapterVersion
-from registry.redis_client import Close, redis_client
+from registry.redis_client import Close, pool_counts, redis_client
 from registry.snapshot import SnapshotWatcher
 from registry.state import Delta, RegistryState
 from registry.store import RegistryStore
@@ -163,6 +163,9 @@ def create_app(
             currency=settings.currency,
             build={"version": VERSION, "revision": settings.build_revision},
         )
+        metrics.watch_redis_pool("registry", lambda: pool_counts(redis))
+        if close_limits is not None:
+            metrics.watch_redis_pool("limits", lambda: pool_counts(limits_redis))
         engine_root = settings.engine_adapter_root or settings.adapter_store
         base_adapter = _base_adapter(settings)
         pool = EnginePool(

@@ -16,11 +16,14 @@ The password in the URL is the data nodes'; `sentinel_password` the sentinels' o
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.maint_notifications import MaintNotificationsConfig
+from redis.observability.attributes import DB_CLIENT_CONNECTION_STATE, ConnectionState
 
 from registry.redis_url import is_sentinel, parse_sentinel_url
 
@@ -30,6 +33,26 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 
 
 Close = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCounts:
+    """A client's pool right now. `idle` entries may be closed sockets that reconnect on use."""
+
+    idle: int
+    in_use: int
+    limit: int
+
+
+def pool_counts(client: aioredis.Redis) -> PoolCounts:
+    pool = client.connection_pool
+    counted = pool.get_connection_count()
+    by_state = {str(attrs[DB_CLIENT_CONNECTION_STATE]): n for n, attrs in counted}
+    return PoolCounts(
+        idle=by_state.get(ConnectionState.IDLE.value, 0),
+        in_use=by_state.get(ConnectionState.USED.value, 0),
+        limit=pool.max_connections,
+    )
 
 
 def redis_client(
@@ -43,6 +66,10 @@ def redis_client(
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "health_check_interval": health_check_interval,
+        # redis-py's default ("auto") turns off the pool's check that a connection it hands out
+        # is still open, so after a Redis restart or failover every pooled connection failed one
+        # call. Maintenance notifications are a Redis Enterprise/Cloud feature we do not use.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     if not is_sentinel(url):
         client = aioredis.Redis.from_pool(  # the client owns the pool: aclose() closes it

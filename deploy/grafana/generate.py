@@ -255,6 +255,14 @@ def overview() -> dict[str, Any]:
               [(f"sum(max by (engine) (loragate_engine_healthy{{{SEL}}}))", "healthy")], "none",
               kind="stat", width=6, height=4, steps=[(None, "red"), (1, "green")],
               description="Red at 0: no replica passes its health check, requests get 503."),
+        panel("Redis pool connections in use",
+              [(f'max by (pool) (loragate_redis_pool_connections{{{SEL}, state="in_use"}})',
+                "{{pool}} in use (busiest gateway)"),
+               (f"max by (pool) (loragate_redis_pool_max_connections{{{SEL}}})", "{{pool}} max")],
+              "none", width=24, height=6,
+              description="Per gateway process. In use at the max: Redis calls wait for a "
+              "connection (LORAGATE_REDIS_MAX_CONNECTIONS). In use that stays up while the "
+              "gateway is idle: a connection taken and never returned."),
     ]  # fmt: skip
     return dashboard("loragate-overview", "loragate / Overview", panels, [])
 

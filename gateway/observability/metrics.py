@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from gateway.errors import CODES
+from gateway.observability.pools import PoolCounts, RedisPoolMetrics
 from gateway.observability.series import SeriesKey
 from registry.models import Arm
 
@@ -265,6 +266,7 @@ class GatewayMetrics:
                                "1 when the last Redis call succeeded.", registry=registry)
         self._epoch = Gauge("loragate_registry_epoch",
                             "Registry epoch of the current snapshot.", registry=registry)
+        self._redis_pools = RedisPoolMetrics(registry)
 
         # Rollouts, limits, budgets.
         self._canary_weight = gauge("loragate_canary_weight",
@@ -504,6 +506,10 @@ class GatewayMetrics:
 
     def set_snapshot_age(self, age_s: float) -> None:
         self._snapshot_age.set(age_s)
+
+    def watch_redis_pool(self, name: str, counts: Callable[[], PoolCounts]) -> None:
+        """Report a Redis client's pool at scrape time (`gateway/observability/pools.py`)."""
+        self._redis_pools.watch(name, counts)
 
     def set_snapshot_age_source(self, age_s: Callable[[], float]) -> None:
         """Compute the age at scrape time, so a stuck refresher still shows a growing age."""

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from registry.compact import key_rec
 from registry.errors import RegistryUnavailable
+from registry.redis_client import redis_client
 from registry.secrets import hash_key
 from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
@@ -32,11 +33,10 @@ async def eventually(predicate: Callable[[], bool], within: float) -> bool:
 
 @pytest.fixture
 async def private_client(redis_private: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(
-        redis_private.url, socket_timeout=1.0, socket_connect_timeout=0.5
-    )
+    """The gateway's own client: it must survive the restarts these tests make."""
+    client, close = redis_client(redis_private.url, max_connections=16, timeout=1.0)
     yield client
-    await client.aclose()
+    await close()
 
 
 @pytest.fixture

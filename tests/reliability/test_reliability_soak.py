@@ -16,15 +16,13 @@ Tolerances, and why:
 - fds that are not established TCP connections (log, epoll, pipes, listening socket): equal.
 - Engine connections: aiohttp keeps idle keep-alive connections for 30 s, at most one per request
   that was in flight at once, so at idle they are bounded by the peak concurrency (+2 for the
-  health probes), not by the number of requests served.
-- Redis connections: the gateway's blocking pool opens a connection only when more Redis calls
-  are in flight at once than ever before, and never closes one: its size is a high-water mark of
-  concurrent calls (admissions of requests in flight, plus settlements still running in the
-  background, plus the snapshot watcher and the limiter's heartbeat), which a stall of the shared
-  box raises by a few. So the warm-up ends with a burst of `BURST` concurrent limited-tenant
-  requests, which sets that mark above what the closed-loop clients reach; after it, a new
-  connection means one was lost, and the end may exceed the warm-up count by `REDIS_SLACK` only.
-  (Without the burst the pool went 18 -> 28 in 45 s here: the mark, not a leak.)
+  health probes), not by the number of requests served. The warm-up ends with a burst of `BURST`
+  concurrent limited-tenant requests, so that peak is known.
+- Redis connections: a pool's size is a high-water mark of concurrent calls, which a stall of the
+  shared box raises, so a count is no leak test. The gateway's own pool gauges are
+  (`loragate_redis_pool_connections`): at idle every connection but the snapshot watcher's
+  subscription must be back in the pool (a leaked one never comes back), and every connection
+  Redis sees from the gateway must be one of the pool's (none opened beside it).
 """
 
 from __future__ import annotations
@@ -43,7 +41,9 @@ import httpx
 import orjson
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
+from registry.redis_client import PoolCounts
 from tests.fixtures.fake_engine import FakeEngine, FakeEngineFactory, Step
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess, SeededTenant
 from tests.fixtures.models import TinyModels
@@ -56,7 +56,7 @@ FAULT_RATE = 0.01
 SEED = 8010
 SAMPLE_EVERY_S = 2.0
 RSS_GROWTH_MAX = 0.10
-REDIS_SLACK = 2
+LISTENERS = 1  # the snapshot watcher's pub/sub subscription holds its connection
 BURST = 2 * CONCURRENCY
 ENGINE_SLACK = 2
 
@@ -207,8 +207,20 @@ def _redis_clients(url: str) -> int:
         client.close()
 
 
-def _idle(gw: GatewayProcess, stats: Any) -> tuple[ProcessStats, int]:
-    """Wait (bounded) until nothing is in flight and no client connection is open; then measure."""
+def _pool(gw: GatewayProcess) -> PoolCounts:
+    """The gateway's registry pool, from its /metrics (limits share it: one Redis URL)."""
+    text = httpx.get(gw.url + "/metrics", timeout=5).text
+    values: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("pool") == "registry":
+                values[sample.labels.get("state", "limit")] = int(sample.value)
+    return PoolCounts(idle=values["idle"], in_use=values["in_use"], limit=values["limit"])
+
+
+def _idle(gw: GatewayProcess, stats: Any) -> tuple[ProcessStats, int, PoolCounts]:
+    """Wait (bounded) until nothing is in flight, no client connection is open and every Redis
+    connection but the listeners' is back in the pool; then measure."""
 
     def quiet() -> bool:
         if metric_sum(gw.url, "loragate_in_flight_requests") != 0:
@@ -218,7 +230,18 @@ def _idle(gw: GatewayProcess, stats: Any) -> tuple[ProcessStats, int]:
         return int(stats().sockets["clients"]) == 0
 
     wait_for(quiet, 30, "gateway idle")
-    return stats(), _redis_clients(gw.env["LORAGATE_REDIS_URL"])
+    now = stats()
+    seen = _redis_clients(gw.env["LORAGATE_REDIS_URL"])
+    pools: list[PoolCounts] = []
+
+    def returned() -> bool:
+        # A background call (heartbeat, snapshot poll) may hold a connection for a moment. The
+        # pool only grows, so counting it after the sockets still bounds them.
+        pools.append(_pool(gw))
+        return pools[-1].in_use == LISTENERS
+
+    wait_for(returned, 10, "Redis connections back in the pool")
+    return now, seen, pools[-1]
 
 
 @pytest.mark.parametrize(
@@ -268,13 +291,13 @@ async def test_r10_soak_with_disconnects_and_engine_faults_leaks_nothing(
     warm = Tally()
     await _traffic(gw, tenants, warmup_s, rng, warm, sample)
     await _burst(gw, tenants[1:])
-    base, base_redis = _idle(gw, stats)
+    base, base_redis, base_pool = _idle(gw, stats)
 
     tally = Tally()
     started = time.monotonic()
     await _traffic(gw, tenants, seconds, rng, tally, sample)
     ran_s = time.monotonic() - started
-    end, end_redis = _idle(gw, stats)
+    end, end_redis, end_pool = _idle(gw, stats)
 
     growth = (end.rss_kib - base.rss_kib) / base.rss_kib
     rate = tally.requests / ran_s
@@ -290,7 +313,8 @@ async def test_r10_soak_with_disconnects_and_engine_faults_leaks_nothing(
         f"{end.sockets['other']}, engine keep-alive {base.sockets['engine']} -> "
         f"{end.sockets['engine']}); Redis connections {base.sockets['redis']} -> "
         f"{end.sockets['redis']} (Redis CLIENT LIST on the gateway's db: {base_redis} -> "
-        f"{end_redis})"
+        f"{end_redis}; pool idle/in use {base_pool.idle}/{base_pool.in_use} -> "
+        f"{end_pool.idle}/{end_pool.in_use} of {end_pool.limit})"
     )
 
     for tenant in tenants:
@@ -307,6 +331,10 @@ async def test_r10_soak_with_disconnects_and_engine_faults_leaks_nothing(
     assert end.sockets["other"] == base.sockets["other"], (base.sockets, end.sockets)
     assert end.sockets["other_tcp"] == base.sockets["other_tcp"] == 0
     assert end.sockets["engine"] <= BURST + ENGINE_SLACK, end.sockets
-    assert end.sockets["redis"] <= base.sockets["redis"] + REDIS_SLACK, (base.sockets, end.sockets)
-    assert end_redis <= base_redis + REDIS_SLACK, (base_redis, end_redis)
-    assert end_redis <= BURST + 2 * CONCURRENCY + 4  # an absolute ceiling, whatever the run
+    for sockets, seen, pool in (
+        (base.sockets, base_redis, base_pool),
+        (end.sockets, end_redis, end_pool),
+    ):
+        assert pool.in_use == LISTENERS, pool
+        assert sockets["redis"] <= pool.idle + pool.in_use <= pool.limit, (sockets, pool)
+        assert seen <= pool.idle + pool.in_use, (seen, pool)

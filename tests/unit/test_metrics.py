@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.observability.metrics import UNKNOWN, GatewayMetrics, LabelUniverse, bound
+from registry.redis_client import PoolCounts
 
 REL = {"tenant": "acme", "model": "support", "release": "support-r1", "arm": "stable"}
 
@@ -268,3 +269,19 @@ def test_queue_depth_and_wait_per_tenant(
     metrics.set_queue_depths({})  # drained: every series reads 0, none disappears mid-graph
     assert registry.get_sample_value("loragate_queue_depth", {"tenant": "acme"}) == 0
     assert registry.get_sample_value("loragate_queue_depth", {"tenant": "unknown"}) == 0
+
+
+def test_redis_pools_are_read_at_scrape_time(
+    metrics: GatewayMetrics, registry: CollectorRegistry
+) -> None:
+    counts = {"idle": 3, "in_use": 1}
+    metrics.watch_redis_pool("registry", lambda: PoolCounts(**counts, limit=128))
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"pool": "registry", **labels})
+
+    assert value("loragate_redis_pool_connections", state="idle") == 3
+    assert value("loragate_redis_pool_connections", state="in_use") == 1
+    assert value("loragate_redis_pool_max_connections") == 128
+    counts["in_use"] = 128
+    assert value("loragate_redis_pool_connections", state="in_use") == 128
