@@ -147,16 +147,11 @@ def create_app(
         )
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
         # Every engine call (chat relay, LoRA load/unload, model list) goes through this session.
+        to_engines = engine_headers(settings.engine_api_key.get_secret_value())
         session = aiohttp.ClientSession(
-            connector=connector,
-            json_serialize=_dumps,
-            headers=engine_headers(settings.engine_api_key.get_secret_value()),
+            connector=connector, json_serialize=_dumps, headers=to_engines
         )
-        lean = (
-            LeanClient(engine_headers(settings.engine_api_key.get_secret_value()))
-            if settings.upstream_client == "lean"
-            else None
-        )
+        lean = LeanClient(to_engines) if settings.upstream_client == "lean" else None
         # Engine labels follow the pool's membership (static or discovered): `_pool_gauges`.
         metrics = GatewayMetrics(
             registry,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters.artifact import ArtifactInfo, validate_artifact
@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     # The HTTP server under the app (gateway/servers.py; `loragate serve --server` overrides).
     server: Literal["uvicorn", "granian"] = "uvicorn"
     # The client of the chat call to the engines: aiohttp, or the lean keep-alive client
-    # (gateway/engines/lean.py: ~100 us less CPU per request, loadtests/floor.py).
+    # (gateway/engines/lean.py: plain HTTP/1.1 only; ~37 us less CPU per request as measured by
+    # loadtests/floor.py).
     upstream_client: Literal["aiohttp", "lean"] = "aiohttp"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.25
@@ -226,6 +227,15 @@ class Settings(BaseSettings):
         if self.redis_wait_replicas is not None:
             return self.redis_wait_replicas
         return 1 if is_sentinel(self.redis_url) else 0
+
+    @model_validator(mode="after")
+    def _lean_speaks_plain_http(self) -> Settings:
+        tls = any(u.lower().startswith("https://") for u in self.engines)
+        if self.upstream_client == "lean" and tls:
+            raise ValueError(
+                "upstream_client 'lean' speaks plain HTTP/1.1: https engines need 'aiohttp'"
+            )
+        return self
 
     @property
     def wait_replicas_s(self) -> float:

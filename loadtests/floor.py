@@ -27,12 +27,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from adapters.ports import free_port
+from gateway.engines.lean import LeanClient
 from loadtests import stack, wrk
 from loadtests.bench import chat_body, targets
 from loadtests.loadgen import Target
@@ -68,67 +69,22 @@ class Forward:
             return r.status, await r.read()
 
 
-class _LeanConnection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection to the engine: a request is one write, its answer is
-    parsed by httptools in `data_received` and handed over through one future (no stream reader,
-    no per-request task). Enough for the measurement: content-length or chunked answers, no
-    timeouts, no redirects."""
-
-    def __init__(self) -> None:
-        import httptools
-
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.body: list[bytes] = []
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        waiter, self.waiter = self.waiter, None
-        body, self.body = b"".join(self.body), []
-        if waiter is not None and not waiter.done():
-            waiter.set_result((self.parser.get_status_code(), body))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("engine closed the connection"))
-
-
 class LeanForward(Forward):
-    """`Forward` over `_LeanConnection`s kept in a free list (the lean keep-alive client)."""
+    """`Forward` over the gateway's own lean keep-alive client (`gateway/engines/lean.py`), so
+    the minimal app's figure is that client's cost, not a sketch of it."""
 
     def __init__(self, upstream: str) -> None:
         super().__init__(upstream)
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(upstream)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.head = (
-            f"POST {parts.path} HTTP/1.1\r\nhost: {parts.netloc}\r\n"
-            "content-type: application/json\r\ncontent-length: "
-        ).encode()
-        self.free: list[_LeanConnection] = []
+        self.client = LeanClient()
 
     async def __call__(self, body: bytes) -> tuple[int, bytes]:
-        if self.free:
-            conn = self.free.pop()
-        else:
-            loop = asyncio.get_running_loop()
-            _, conn = await loop.create_connection(_LeanConnection, self.host, self.port)
-        assert conn.transport is not None
-        conn.waiter = asyncio.get_running_loop().create_future()
-        conn.transport.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
-        answer = await conn.waiter
-        self.free.append(conn)
-        return answer
+        response = await self.client.post(
+            self.upstream, body, None, connect_timeout=5.0, read_timeout=30.0
+        )
+        try:
+            return response.status, await response.read()
+        finally:
+            response.release()
 
 
 def _forward() -> Forward:

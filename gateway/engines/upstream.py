@@ -60,6 +60,9 @@ class EngineResponse(Protocol):
 
 # Mid-answer failures of either client: the relay turns them into an engine_error.
 BROKEN: tuple[type[BaseException], ...] = (aiohttp.ClientError, LeanBroken, TimeoutError)
+# Before the answer starts nothing is written to the client, so any OSError is the engine
+# connection's; BROKEN, used mid-stream where both sides are written to, leaves OSError out.
+_UNREACHABLE: tuple[type[BaseException], ...] = (*BROKEN, OSError)
 
 
 class UpstreamFailed(Exception):
@@ -104,13 +107,13 @@ async def open_chat(
                 headers=headers,
                 timeout=_timeout(connect_timeout, read_timeout),
             )
-    except (aiohttp.ClientError, LeanBroken, TimeoutError, OSError) as exc:
+    except _UNREACHABLE as exc:
         raise UpstreamFailed(type(exc).__name__) from None
     if response.status == 200:
         return response
     try:
         raw = await response.read()
-    except (aiohttp.ClientError, LeanBroken, TimeoutError, OSError):
+    except _UNREACHABLE:
         raw = b""
     finally:
         response.release()

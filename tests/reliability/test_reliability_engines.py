@@ -254,13 +254,15 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
             restart_at = time.monotonic()
             await asyncio.to_thread(own.restart, RESTART_TIMEOUT_S)
             healthy_at = time.monotonic()
+            # A fresh engine. Checked before the clients resume: once the gateway sees engine-0
+            # healthy, alpha's next request (homed there) loads alpha's adapter on it again.
+            assert not any(n.startswith("lg-") for n in await _adapters(own))
             run.throttle(WORKERS)
 
             await _until(
                 lambda: gauge_is("loragate_engine_healthy", 1), 30, "engine-0 healthy again"
             )
             noticed_at = time.monotonic()
-            assert not any(n.startswith("lg-") for n in await _adapters(own))  # a fresh engine
 
             # gamma comes back: its adapter is resident nowhere, so it is loaded on its home.
             run.quiet.add(delta.id)
