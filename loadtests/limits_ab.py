@@ -4,6 +4,7 @@ arms interleaved (order rotated per round), the bench's tenants and limits (`BEN
     git archive <base> | tar -x -C /tmp/base
     python -m loadtests.limits_ab --src A=/tmp/base --src B=. --rounds 4 --nolimits
     python -m loadtests.limits_ab --src B=. --profile B      # py-spy under wrk (16 connections)
+    python -m loadtests.limits_ab --src B=. --nolimits --profile B      # ... its arm without limits
 
 Per arm and round: wrk at `--conc` connections (throughput, P50/P95, gateway CPU per request,
 Redis commands per request) and an open loop at `--rate` (P50/P95 added over direct to the mock
@@ -103,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conc", type=int, default=64)
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--nolimits", action="store_true", help="also the arms without limits")
-    p.add_argument("--profile", default="", help="label: py-spy its limits arm, nothing else")
+    p.add_argument("--profile", default="",
+                   help="arm (label, or label+limits) to py-spy under wrk, nothing else; "
+                   "a bare label is its limits arm unless --nolimits")  # fmt: skip
     p.add_argument("--profile-s", type=float, default=8.0)
     p.add_argument("--out", type=Path, default=Path("bench-results/limits-ab"))
     args = p.parse_args(argv)
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for _, target in arms.values():  # adapters resident, pools filled
             run_sync(open_loop(target, rate=200, duration=1.0))
         if args.profile:
-            gw, target = arms[args.profile + "+limits"]
+            gw, target = arms.get(args.profile) or arms[args.profile + "+limits"]
             print(f"profile {args.profile}: {profile(gw, target, work, args.profile_s)}")
             return 0
         direct = targets(mock.url, stack.BASE_MODEL, [], frames=4)[0]

@@ -165,9 +165,11 @@ def test_two_gateways_and_two_engines_act_as_one_pool(
         def stream() -> None:
             client = fleet.clients[(gateways[0].url, on_one[0].id)]
             chunks = 0
+            # ignore_eos: random weights may pick the end token at any step, which ended the
+            # stream before the DNS change was seen; this way it runs its max_tokens.
             with client.chat.completions.create(
                 model=on_one[0].alias, messages=[{"role": "user", "content": "Count to fifty."}],
-                max_tokens=1500, stream=True,
+                max_tokens=1900, stream=True, extra_body={"ignore_eos": True},
             ) as events:  # fmt: skip
                 for _ in events:
                     chunks += 1
