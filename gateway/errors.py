@@ -46,6 +46,7 @@ CODES: dict[str, tuple[int, str]] = {
     "tools_forbidden": (400, "invalid_request_error"),
     "completions_forbidden": (400, "invalid_request_error"),
     "payload_too_large": (413, "invalid_request_error"),
+    "headers_too_large": (431, "invalid_request_error"),
     "rate_limited": (429, "rate_limit_error"),
     "concurrency_limited": (429, "rate_limit_error"),
     "queue_limited": (429, "rate_limit_error"),

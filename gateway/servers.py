@@ -44,12 +44,8 @@ def run(app: ASGIApp, settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        log_level="warning",
         log_config=None,  # uvicorn's loggers go through loragate's one format
-        access_log=False,  # the request log (LORAGATE_REQUEST_LOG) says more, as JSON
-        proxy_headers=False,  # loragate never uses the client address; saves work per request
-        server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_S,
+        **uvicorn_options(),
     )
 
 
@@ -74,17 +70,22 @@ def run_workers(factory: str, settings: Settings, workers: int) -> None:
     import uvicorn
 
     uvicorn.run(
-        factory,
-        factory=True,
-        workers=workers,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_S,
-    )
+        factory, factory=True, workers=workers, host=settings.host, port=settings.port,
+        **uvicorn_options(),
+    )  # fmt: skip
+
+
+def uvicorn_options() -> dict[str, Any]:
+    from gateway.serving.head_limit import BoundedHeadProtocol
+
+    return {
+        "http": BoundedHeadProtocol,  # httptools, with a bound on the request head
+        "log_level": "warning",
+        "access_log": False,  # the request log (LORAGATE_REQUEST_LOG) says more, as JSON
+        "proxy_headers": False,  # loragate never uses the client address; saves work per request
+        "server_header": False,
+        "timeout_graceful_shutdown": GRACEFUL_S,
+    }
 
 
 def granian_options() -> dict[str, Any]:
