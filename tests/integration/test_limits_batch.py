@@ -27,7 +27,7 @@ from registry.limits import (
     Settlement,
 )
 from registry.models import Budget, Limits, Tenant
-from tests.fixtures.redis import RedisServer
+from tests.fixtures.redis import RedisServer, until_true
 
 PRICE = Price(prompt_per_1k=1.0, completion_per_1k=2.0)
 
@@ -227,12 +227,7 @@ async def test_a_failed_batch_falls_back_like_one_failed_call(
     assert a.pending == 8
 
     redis_private.start()
-    for _ in range(100):  # bounded: redis-server restarts in well under 5 s
-        if await a.heartbeat():
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the limiter never saw Redis again")
+    await until_true(a.heartbeat, "the limiter seeing Redis again")
     assert a.pending == 0
     assert not a.degraded
     usage = await a.usage(t)
@@ -280,12 +275,7 @@ async def test_replay_goes_in_batches_and_never_charges_twice(
     queued = list(limiter._pending)
 
     redis_private.start()
-    for _ in range(100):
-        if await limiter.heartbeat():
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the limiter never saw Redis again")
+    await until_true(limiter.heartbeat, "the limiter seeing Redis again")
     assert limiter.pending == 0
     assert (await limiter.usage(t))["spent"] == pytest.approx(3.0)
     # The answers of a replay were lost: the same settlements come again, and charge nothing.
