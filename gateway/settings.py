@@ -75,8 +75,8 @@ class Settings(BaseSettings):
     # The HTTP server under the app (gateway/servers.py; `loragate serve --server` overrides).
     server: Literal["uvicorn", "granian"] = "uvicorn"
     # The client of the chat call to the engines: aiohttp, or the lean keep-alive client
-    # (gateway/engines/lean.py: plain HTTP/1.1 only; ~37 us less CPU per request as measured by
-    # loadtests/floor.py).
+    # (gateway/engines/lean.py: plain HTTP/1.1 only; 37-41 us less gateway CPU per request as
+    # measured by loadtests/floor.py).
     upstream_client: Literal["aiohttp", "lean"] = "aiohttp"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.25

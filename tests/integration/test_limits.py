@@ -28,7 +28,8 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Price
 from registry.limits import LimitStore, Quota, Remaining, period_window
 from registry.models import Budget, Limits, Tenant
-from tests.fixtures.redis import RedisServer, until_true
+from tests.fixtures.redis import RedisServer
+from tests.fixtures.traffic import until
 
 PRICE = Price(prompt_per_1k=1.0, completion_per_1k=2.0)  # 1 token ~ 0.001-0.002
 TENANTS = {"acme", "globex"}
@@ -463,7 +464,7 @@ async def test_redis_killed_local_share_then_reconcile(redis_private: RedisServe
         assert big.code == "budget_exceeded"
 
         redis_private.start()
-        await until_true(a.heartbeat, "the limiter seeing Redis again")
+        await until(a.heartbeat, 5.0, "the limiter seeing Redis again")
         assert a.pending == 0
         assert not a.degraded
         usage = await a.usage(t)

@@ -27,7 +27,8 @@ from registry.limits import (
     Settlement,
 )
 from registry.models import Budget, Limits, Tenant
-from tests.fixtures.redis import RedisServer, until_true
+from tests.fixtures.redis import RedisServer
+from tests.fixtures.traffic import until
 
 PRICE = Price(prompt_per_1k=1.0, completion_per_1k=2.0)
 
@@ -227,7 +228,7 @@ async def test_a_failed_batch_falls_back_like_one_failed_call(
     assert a.pending == 8
 
     redis_private.start()
-    await until_true(a.heartbeat, "the limiter seeing Redis again")
+    await until(a.heartbeat, 5.0, "the limiter seeing Redis again")
     assert a.pending == 0
     assert not a.degraded
     usage = await a.usage(t)
@@ -275,7 +276,7 @@ async def test_replay_goes_in_batches_and_never_charges_twice(
     queued = list(limiter._pending)
 
     redis_private.start()
-    await until_true(limiter.heartbeat, "the limiter seeing Redis again")
+    await until(limiter.heartbeat, 5.0, "the limiter seeing Redis again")
     assert limiter.pending == 0
     assert (await limiter.usage(t))["spent"] == pytest.approx(3.0)
     # The answers of a replay were lost: the same settlements come again, and charge nothing.

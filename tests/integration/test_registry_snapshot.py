@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,18 +17,9 @@ from registry.snapshot import SnapshotWatcher
 from registry.store import RegistryStore
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.registry import REGISTRY_SECRET
+from tests.fixtures.traffic import until
 
 STORE_TIMEOUT = 0.5
-
-
-async def eventually(predicate: Callable[[], bool], within: float) -> bool:
-    """Bounded wait for a condition that has no event of its own (e.g. redis_ok turning False)."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 @pytest.fixture
@@ -101,11 +92,11 @@ async def test_redis_killed_state_still_serves_then_resyncs(
             await call
         assert time.monotonic() - started < STORE_TIMEOUT + 0.3
     assert not await store.ping()
-    assert await eventually(lambda: not watcher.redis_ok, within=2.0)
+    await until(lambda: not watcher.redis_ok, 2.0, "the watcher seeing Redis gone")
     assert watcher.state.tenant_for_key(hmac) is not None  # still serving the last snapshot
 
     redis_private.start()
-    assert await eventually(lambda: watcher.redis_ok, within=3.0)
+    await until(lambda: watcher.redis_ok, 3.0, "the watcher seeing Redis back")
     assert watcher.state.epoch == 2  # AOF kept everything; nothing regressed
     assert not watcher.regressed
     await store.create_tenant("beta", actor="root")
@@ -123,7 +114,7 @@ async def test_frozen_redis_times_out(
         with pytest.raises(RegistryUnavailable):
             await store.list_tenants()
         assert time.monotonic() - started < STORE_TIMEOUT + 0.3
-        assert await eventually(lambda: not watcher.redis_ok, within=2.0)
+        await until(lambda: not watcher.redis_ok, 2.0, "the watcher seeing Redis gone")
     finally:
         redis_private.thaw()
 
@@ -158,7 +149,7 @@ async def test_epoch_regression_keeps_the_newer_snapshot(
     assert await watcher.wait_for_epoch(2, timeout=1.0)
     await private_client.flushall()  # Redis "lost its data"
     await store.create_tenant("gamma", actor="root")  # epoch 1 < 2
-    assert await eventually(lambda: watcher.regressed, within=2.0)
+    await until(lambda: watcher.regressed, 2.0, "the regression noticed")
     assert set(watcher.state.tenants) == {"acme", "beta"}
     await watcher.refresh(accept_regression=True)
     assert not watcher.regressed
@@ -267,7 +258,7 @@ async def test_registries_in_other_databases_of_the_server_do_not_leak_in(
         for i in range(3):  # database 1 runs ahead of database 2's epochs
             await store_one.create_tenant(f"other{i}", actor="root")
         await store_two.create_tenant("acme", actor="root")
-        assert await eventually(lambda: "acme" in watcher.state.tenants, 2.0)
+        await until(lambda: "acme" in watcher.state.tenants, 2.0, "acme in the snapshot")
         assert not any(t.startswith("other") for t in watcher.state.tenants)
         assert watcher.state.epoch == 1
     finally:

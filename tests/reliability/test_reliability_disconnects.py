@@ -37,6 +37,7 @@ from tests.fixtures.fake_engine import FakeEngine, Step
 from tests.fixtures.gateway import SeededTenant
 from tests.fixtures.inprocess import InProcessFactory, InProcessGateway
 from tests.fixtures.servers import served
+from tests.fixtures.traffic import until
 
 CLIENTS = 200
 CONCURRENCY = 50
@@ -100,16 +101,6 @@ def _marker_of(body: dict[str, Any]) -> str:
     return str(messages[-1].get("content")) if messages else ""
 
 
-async def _until(predicate: Any, within: float, what: str) -> float:
-    """Bounded poll on the event loop; returns the seconds it took."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > within:
-            raise TimeoutError(f"{what} not reached in {within}s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
 async def _client(port: int, plan: Plan, tenant: SeededTenant, fake: FakeEngine) -> Left:
     marker = f"r6 client {plan.client} leaves {plan.point}"
     body = {
@@ -136,7 +127,7 @@ async def _client(port: int, plan: Plan, tenant: SeededTenant, fake: FakeEngine)
                         raise AssertionError(f"stream ended early: {bytes(buffer)[-300:]!r}")
                     await asyncio.sleep(0.005)
             else:
-                await _until(lambda: _engine_has(fake, marker), 60, "engine has the request")
+                await until(lambda: _engine_has(fake, marker), 60, "engine has the request")
                 await asyncio.sleep(plan.wait_s)  # the random point itself
         head = bytes(buffer)
         observed: Point = plan.point
@@ -224,7 +215,7 @@ async def test_r6_random_disconnects_abort_every_engine_request_and_leak_nothing
                         rest += await reader.read(65536)
                 writer.close()
                 await writer.wait_closed()
-        await _until(lambda: fake.active == 0 and _slots_idle(state), SETTLE_S, "warm-up idle")
+        await until(lambda: fake.active == 0 and _slots_idle(state), SETTLE_S, "warm-up idle")
         await state.limiter.drain()
         baseline_tasks, tasks_before = await _idle_tasks()
         engine_before, aborted_before = len(fake.requests), len(fake.aborted)
@@ -241,7 +232,7 @@ async def test_r6_random_disconnects_abort_every_engine_request_and_leak_nothing
         traffic_s = time.monotonic() - started
 
         # Every engine request is aborted: the engine saw each connection dropped early.
-        await _until(
+        await until(
             lambda: fake.active == 0 and len(fake.aborted) - aborted_before >= CLIENTS,
             SETTLE_S,
             "every engine request aborted",
@@ -254,7 +245,7 @@ async def test_r6_random_disconnects_abort_every_engine_request_and_leak_nothing
         abort_ms = [(by_marker[x.marker] - x.closed_at) * 1000 for x in left]
 
         # Slots and gauges back to idle.
-        await _until(lambda: _slots_idle(state), SETTLE_S, "pool slots idle")
+        await until(lambda: _slots_idle(state), SETTLE_S, "pool slots idle")
         await state.limiter.drain()
         for tenant in tenants:
             usage = await state.limiter.usage(state.watcher.state.tenants[tenant.id])
@@ -276,7 +267,7 @@ async def test_r6_random_disconnects_abort_every_engine_request_and_leak_nothing
 
         # No task left behind (the server's connection tasks and the gateway's own included).
         try:
-            settle = await _until(
+            settle = await until(
                 lambda: len(asyncio.all_tasks()) <= baseline_tasks, SETTLE_S, "tasks settled"
             )
         except TimeoutError:

@@ -38,6 +38,7 @@ from tests.fixtures.traffic import (
     contents,
     errors,
     sse_payloads,
+    until,
 )
 
 pytestmark = pytest.mark.engine
@@ -163,20 +164,6 @@ async def _gauge(client: httpx.AsyncClient, name: str, engine: str) -> float | N
     return None
 
 
-async def _until(predicate: object, within: float, what: str) -> float:
-    """Bounded poll on the event loop (the predicate may be async); returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        value = predicate()  # type: ignore[operator]
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return time.monotonic() - started
-        if time.monotonic() - started > within:
-            raise TimeoutError(f"{what} not reached in {within}s")
-        await asyncio.sleep(0.05)
-
-
 async def _adapters(engine: EngineProcess) -> set[str]:
     """What the engine itself holds (GET /v1/models), not what the gateway believes."""
     async with aiohttp.ClientSession() as session:
@@ -216,7 +203,7 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
                    for i in range(WORKERS)]  # fmt: skip
         try:
             # Both engines serve, then wait for streams and a non-streaming request on engine-0.
-            await _until(
+            await until(
                 lambda: run.done(engine=KILLED) >= 3 and run.done(engine=SURVIVOR) >= 3,
                 120, "both engines serving",
             )  # fmt: skip
@@ -225,26 +212,26 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
             # gamma's retried on the survivor would make its adapter resident there, and gamma
             # would (rightly) keep routing to it after the restart.
             run.quiet.add(gamma.id)
-            await _until(lambda: not any(o.tenant == gamma.id for o in run.live), 120, "gamma idle")
+            await until(lambda: not any(o.tenant == gamma.id for o in run.live), 120, "gamma idle")
 
             async def loaded() -> bool:
                 streams = run.streams_live_on(KILLED)
                 gauge = await _gauge(client, "loragate_engine_in_flight", KILLED) or 0
                 return streams >= 2 and gauge > streams
 
-            await _until(loaded, 120, "streams and a non-streaming request in flight on engine-0")
+            await until(loaded, 120, "streams and a non-streaming request in flight on engine-0")
             in_flight_killed = await _gauge(client, "loragate_engine_in_flight", KILLED) or 0
             streams_killed = run.streams_live_on(KILLED)
             killed_at = time.monotonic()
             await asyncio.to_thread(own.kill)
 
             # Outage: the survivor serves everyone still sending.
-            await _until(lambda: run.done(after=killed_at) >= 12, 180, "traffic during outage")
+            await until(lambda: run.done(after=killed_at) >= 12, 180, "traffic during outage")
 
             async def gauge_is(name: str, value: float) -> bool:
                 return await _gauge(client, name, KILLED) == value
 
-            await _until(
+            await until(
                 lambda: gauge_is("loragate_engine_healthy", 0), 10, "engine-0 marked unhealthy"
             )
             # Restart with the clients paused: on a 2-core box the survivor's OpenMP threads,
@@ -259,23 +246,23 @@ async def test_r4_engine_killed_mid_run_fails_only_its_streams_and_recovers_by_i
             assert not any(n.startswith("lg-") for n in await _adapters(own))
             run.throttle(WORKERS)
 
-            await _until(
+            await until(
                 lambda: gauge_is("loragate_engine_healthy", 1), 30, "engine-0 healthy again"
             )
             noticed_at = time.monotonic()
 
             # gamma comes back: its adapter is resident nowhere, so it is loaded on its home.
             run.quiet.add(delta.id)
-            await _until(
+            await until(
                 lambda: gauge_is("loragate_engine_in_flight", 0), 120, "delta's requests done"
             )
             run.quiet.discard(gamma.id)
-            await _until(
+            await until(
                 lambda: run.done(tenant=gamma.id, after=noticed_at) >= 1, 120, "gamma served"
             )
             first_back = time.monotonic()
             run.quiet.discard(delta.id)
-            await _until(
+            await until(
                 lambda: run.done(engine=KILLED, after=noticed_at) >= 5
                 and run.done(after=noticed_at) >= 20,
                 180, "engine-0 serving again",
